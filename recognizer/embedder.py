@@ -1,0 +1,56 @@
+"""The embedding network: InceptionResnetV1 from a model artifact, inference only."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._torchvision_shim import import_facenet_pytorch
+from .artifact import ModelArtifact
+from .errors import ModelArtifactError
+from .preprocess import AlignmentRecipe, to_tensor
+
+
+def build_backbone(dropout_prob: float = 0.6) -> nn.Module:
+    """An untrained InceptionResnetV1 that outputs L2-normalised 512-d embeddings."""
+    facenet_pytorch = import_facenet_pytorch()
+    return facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False, dropout_prob=dropout_prob)
+
+
+def embed_tensor(model: nn.Module, batch: torch.Tensor, flip_average: bool) -> torch.Tensor:
+    """Embeddings of a normalised NCHW batch; with ``flip_average`` the embedding of the image
+    and of its mirror are summed before normalising (a cheap, reliable accuracy gain)."""
+    out = model(batch)
+    if flip_average:
+        out = out + model(torch.flip(batch, dims=[3]))
+    return torch.nn.functional.normalize(out.float(), dim=1)
+
+
+class Embedder:
+    """Loads the network once; ``embed`` maps input-size face crops to unit vectors."""
+
+    def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 64,
+                 flip_average: bool | None = None) -> None:
+        self.recipe: AlignmentRecipe = artifact.recipe
+        self.dim = artifact.embedding_size
+        self.batch_size = batch_size
+        self.flip_average = artifact.flip_average if flip_average is None else flip_average
+        self.device = torch.device(device)
+        model = build_backbone()
+        try:
+            model.load_state_dict(artifact.state_dict)
+        except RuntimeError as exc:
+            raise ModelArtifactError(f"the artifact's weights do not fit {artifact.architecture}: {exc}") from exc
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """NxHxWx3 uint8 crops at the recipe's input size -> (N, dim) float32, unit norm."""
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        outputs = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = to_tensor(crops[start:start + self.batch_size], self.recipe).to(self.device)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            outputs.append(embed_tensor(self.model, batch, self.flip_average).cpu())
+        return torch.cat(outputs).numpy().astype(np.float32)

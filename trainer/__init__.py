@@ -1,0 +1,1 @@
+"""Training (``fit``) and measurement (``evaluate``) of the face-embedding model."""

@@ -1,0 +1,154 @@
+"""Training data: discover a dataset, split it, and cache its face crops once.
+
+Two layouts are recognised: CelebA's own (``img_align_celeba/`` + ``identity_CelebA.txt``,
+with or without a header line; images already in the canonical aligned frame, so the crop
+is the recipe's box) and folder-per-person (``root/<person>/<image>``; faces are detected and
+aligned with the recognizer's detector, the largest face per image).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recognizer.images import load_image
+from recognizer.preprocess import AlignmentRecipe, align_face, crop_aligned_frame, resize_to_input
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class Dataset:
+    """Image paths with integer identity labels; ``layout`` says how to crop them."""
+
+    root: Path
+    layout: str  # "celeba" or "folders"
+    paths: list[Path]
+    identities: list[str]  # one per image
+
+    @property
+    def labels(self) -> np.ndarray:
+        names = sorted(set(self.identities))
+        index = {n: i for i, n in enumerate(names)}
+        return np.array([index[n] for n in self.identities], dtype=np.int64)
+
+
+def discover(root: str | os.PathLike, limit_identities: int | None = None) -> Dataset:
+    """Find the layout of ``root`` and list its images (optionally only the first N identities)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    ident_file = root / "identity_CelebA.txt"
+    if ident_file.is_file() and (root / "img_align_celeba").is_dir():
+        pairs = []
+        for line in ident_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                continue  # header line(s) such as "202599" or "image_id identity"
+            pairs.append((parts[0], parts[1]))
+        img_dir = root / "img_align_celeba"
+        pairs = [(name, ident) for name, ident in pairs if (img_dir / name).is_file()]
+        dataset = Dataset(root, "celeba", [img_dir / n for n, _ in pairs], [i for _, i in pairs])
+    else:
+        people = sorted(p for p in root.iterdir() if p.is_dir())
+        paths, idents = [], []
+        for person in people:
+            for img in sorted(person.iterdir()):
+                if img.suffix.lower() in IMAGE_SUFFIXES:
+                    paths.append(img)
+                    idents.append(person.name)
+        dataset = Dataset(root, "folders", paths, idents)
+    if not dataset.paths:
+        raise ValueError(f"no images found in {root} (expected CelebA layout or root/<person>/<image>)")
+    if limit_identities:
+        keep = set(sorted(set(dataset.identities), key=_natural)[:limit_identities])
+        sel = [i for i, ident in enumerate(dataset.identities) if ident in keep]
+        dataset = Dataset(root, dataset.layout, [dataset.paths[i] for i in sel], [dataset.identities[i] for i in sel])
+    return dataset
+
+
+def _natural(name: str):
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+@dataclass
+class Splits:
+    """Indices into the dataset: training images, closed-set validation images (of training
+    identities) and open-set images (identities never trained on)."""
+
+    train: np.ndarray
+    closed_val: np.ndarray
+    open_set: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k).tolist() for k in ("train", "closed_val", "open_set")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Splits":
+        return cls(*(np.asarray(d[k], dtype=np.int64) for k in ("train", "closed_val", "open_set")))
+
+
+def make_splits(labels: np.ndarray, open_identities: int, val_per_identity: int, seed: int) -> Splits:
+    """Seeded split: ``open_identities`` whole identities held out; of every other identity with
+    at least ``val_per_identity + 2`` images, ``val_per_identity`` images held out."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    held = set(rng.permutation(classes)[:open_identities].tolist())
+    train, val, open_set = [], [], []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if c in held:
+            open_set.extend(idx.tolist())
+            continue
+        idx = rng.permutation(idx)
+        n_val = val_per_identity if len(idx) >= val_per_identity + 2 else 0
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return Splits(np.sort(train), np.sort(val), np.sort(open_set))
+
+
+def _crop_one(path: Path, layout: str, recipe: AlignmentRecipe, detector) -> np.ndarray | None:
+    image = load_image(path)
+    if layout == "celeba":
+        return resize_to_input(crop_aligned_frame(image, recipe), recipe)
+    faces = detector.detect(image)
+    if not faces:
+        return None
+    return resize_to_input(align_face(image, np.array(faces[0].landmarks), recipe), recipe)
+
+
+def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """(crops NxHxWx3 uint8, ok mask) for every image, decoded and aligned once and cached
+    on disk under a key made of the file list and the recipe."""
+    key_src = json.dumps([dataset.layout, recipe.to_dict(), [str(p) for p in dataset.paths]])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        with np.load(cache) as data:
+            return data["crops"], data["ok"]
+    detector = None
+    if dataset.layout == "folders":
+        from recognizer.detector import FaceDetector
+
+        detector = FaceDetector()
+    height, width = recipe.input_size
+    crops = np.zeros((len(dataset.paths), height, width, 3), np.uint8)
+    ok = np.zeros(len(dataset.paths), bool)
+    for i, path in enumerate(tqdm(dataset.paths, desc="decode+align", unit="img", mininterval=2)):
+        try:
+            crop = _crop_one(path, dataset.layout, recipe, detector)
+        except Exception:
+            crop = None
+        if crop is not None:
+            crops[i], ok[i] = crop, True
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, crops=crops, ok=ok)
+        os.replace(tmp, cache)
+    return crops, ok

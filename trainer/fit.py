@@ -1,0 +1,317 @@
+"""``python -m trainer fit``: train InceptionResnetV1 with the CosFace head, epoch by epoch.
+
+Each epoch writes ``metrics.jsonl`` (one line), ``curves.png``, a resumable ``checkpoint.pt``
+and the serving artifact ``model.pt``, so an interrupted run still leaves a usable model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from recognizer.artifact import ModelArtifact
+from recognizer.embedder import Embedder, build_backbone, embed_tensor
+from recognizer.preprocess import AlignmentRecipe, to_tensor
+
+from . import metrics
+from .configs import TrainConfig
+from .cosface import CosFaceHead
+from .data import Splits, discover, load_crops, make_splits
+
+THRESHOLD_FAR = 1e-3
+
+
+def autocast(precision: str, device: torch.device):
+    """The mixed-precision context for this config (a no-op for fp32)."""
+    if precision == "bf16" and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if precision in ("amp", "bf16") and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Face-safe augmentation on a normalised NCHW batch: horizontal flip, small scale and
+    shift jitter (one affine warp for the whole batch), brightness and contrast jitter."""
+    n = batch.shape[0]
+    rand = lambda *shape: torch.rand(*shape, generator=generator).to(batch.device)  # noqa: E731
+    flip = rand(n) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(3), batch)
+    scale = 1.0 + (rand(n) - 0.5) * 0.2  # 0.9 .. 1.1
+    shift = (rand(n, 2) - 0.5) * 0.1  # +-5% of the image
+    theta = torch.zeros(n, 2, 3, device=batch.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    contrast = 1.0 + (rand(n, 1, 1, 1) - 0.5) * 0.4
+    brightness = (rand(n, 1, 1, 1) - 0.5) * 0.4
+    return batch * contrast + brightness
+
+
+@torch.inference_mode()
+def embed_crops(model: torch.nn.Module, crops: np.ndarray, recipe: AlignmentRecipe, config: TrainConfig,
+                device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Flip-averaged embeddings of cached crops, in the training precision (for per-epoch eval)."""
+    model.eval()
+    out = []
+    for start in range(0, len(crops), batch_size):
+        batch = to_tensor(crops[start:start + batch_size], recipe).to(device)
+        if config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(config.precision, device):
+            out.append(embed_tensor(model, batch, flip_average=True).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 512), np.float32)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero at the last step."""
+    warm = config.warmup_epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1.0, total - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="CosFace loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    for key, label in [("train_accuracy", "train accuracy"), ("closed_top1", "closed-set top-1 (held-out images)"),
+                       ("open_tar@far=0.01", "open-set TAR @ FAR 1e-2"), ("open_tar@far=0.001", "open-set TAR @ FAR 1e-3")]:
+        ax2.plot(epochs, [h.get(key, float("nan")) for h in history], "o-", label=label)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1)
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.suptitle("training curves")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns the data, model, head and optimiser of one run directory."""
+
+    def __init__(self, data_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike,
+                 resume: bool = False, cache_dir: str | os.PathLike | None = ".cache",
+                 device: str | None = None, threads: int | None = None) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if threads:
+            torch.set_num_threads(threads)
+        checkpoint = None
+        ckpt_path = self.out / "checkpoint.pt"
+        if resume:
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(f"--resume given but {ckpt_path} does not exist")
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            saved = TrainConfig.from_dict(checkpoint["config"])
+            config = TrainConfig.from_dict({**saved.to_dict(), "epochs": config.epochs})
+        self.config = config
+        self.recipe = AlignmentRecipe(input_size=config.input_size)
+        self.data_dir = Path(data_dir)
+        dataset = discover(data_dir, config.limit_identities)
+        crops, ok = load_crops(dataset, self.recipe, cache_dir)
+        self.crops = crops[ok]
+        labels = dataset.labels[ok]
+        self.skipped = int((~ok).sum())
+        self.splits = (Splits.from_dict(checkpoint["splits"]) if checkpoint else
+                       make_splits(labels, config.open_identities, config.val_per_identity, config.seed))
+        self.labels = labels
+        train_classes = np.unique(labels[self.splits.train])
+        self.class_index = {int(c): i for i, c in enumerate(train_classes)}
+        self.train_targets = np.array([self.class_index[int(c)] for c in labels[self.splits.train]], dtype=np.int64)
+        torch.manual_seed(config.seed)
+        self.model = build_backbone(config.dropout).to(self.device)
+        self.head = CosFaceHead(512, len(train_classes), config.scale, config.margin).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            list(self.model.parameters()) + list(self.head.parameters()), lr=config.lr,
+            momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+        self.steps_per_epoch = max(1, len(self.splits.train) // config.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, self.config))
+        self.start_epoch = 1
+        self.history: list[dict] = []
+        if checkpoint:
+            self.model.load_state_dict(checkpoint["backbone"])
+            self.head.load_state_dict(checkpoint["head"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.start_epoch = int(checkpoint["epoch"]) + 1
+            self.history = list(checkpoint.get("history", []))
+        rng = np.random.default_rng(config.seed + 1)
+        gallery = []
+        train_labels = labels[self.splits.train]
+        for c in train_classes:
+            idx = self.splits.train[train_labels == c]
+            gallery.extend(rng.permutation(idx)[: config.gallery_per_identity].tolist())
+        self.gallery_idx = np.sort(np.array(gallery, dtype=np.int64))
+        (self.out / "splits.json").write_text(json.dumps({
+            "data": str(self.data_dir), "layout": dataset.layout, "images": len(dataset.paths),
+            "skipped_no_face": self.skipped, "identities": int(len(np.unique(labels))),
+            "train_identities": int(len(train_classes)),
+            **{k: len(v) for k, v in self.splits.to_dict().items()},
+            "open_set_labels": sorted({int(x) for x in labels[self.splits.open_set]}),
+        }, indent=1))
+
+    def train_epoch(self, epoch: int) -> dict:
+        config, device = self.config, self.device
+        self.model.train()
+        self.head.train()
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(len(self.splits.train), generator=generator).numpy()
+        total_loss, correct, seen = 0.0, 0, 0
+        start = time.time()
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
+                   mininterval=10)
+        for step in bar:
+            sel = order[step * config.batch_size:(step + 1) * config.batch_size]
+            global_step = (epoch - 1) * self.steps_per_epoch + step
+            if config.margin_warmup_epochs > 0:
+                ramp = min(1.0, global_step / (config.margin_warmup_epochs * self.steps_per_epoch))
+                self.head.margin = config.margin * ramp
+            batch = to_tensor(self.crops[self.splits.train[sel]], self.recipe).to(device)
+            targets = torch.from_numpy(self.train_targets[sel]).to(device)
+            if config.augment:
+                batch = augment(batch, generator)
+            if config.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(config.precision, device):
+                embeddings = self.model(batch)
+            loss, cosines = self.head(embeddings.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item() * len(sel)
+            correct += int((cosines.argmax(1) == targets).sum())
+            seen += len(sel)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.4f}", refresh=False)
+        elapsed = time.time() - start
+        return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
+                "lr": self.scheduler.get_last_lr()[0], "margin": self.head.margin}
+
+    def evaluate(self) -> dict:
+        """Closed-set top-1/top-5 with mean vectors, open-set verification on held-out people."""
+        start = time.time()
+        result: dict = {}
+        sp = self.splits
+        if len(sp.closed_val):
+            gal = embed_crops(self.model, self.crops[self.gallery_idx], self.recipe, self.config, self.device)
+            qry = embed_crops(self.model, self.crops[sp.closed_val], self.recipe, self.config, self.device)
+            acc = metrics.closed_set_accuracy(gal, self.labels[self.gallery_idx], qry, self.labels[sp.closed_val])
+            result.update({f"closed_{k}": v for k, v in acc.items()})
+        if len(sp.open_set) > 1:
+            emb = embed_crops(self.model, self.crops[sp.open_set], self.recipe, self.config, self.device)
+            pos, neg = metrics.all_pairs(emb, self.labels[sp.open_set])
+            if len(pos) and len(neg):
+                rep = metrics.verification_report(pos, neg)
+                result.update({f"open_{k}": v for k, v in rep.items()})
+        result["eval_seconds"] = time.time() - start
+        return result
+
+    def calibrate(self, artifact: ModelArtifact) -> dict:
+        """Threshold at FAR 1e-3 on the held-out identities, with the serving embedder itself."""
+        sp = self.splits
+        if len(sp.open_set) < 2:
+            return {"threshold": 0.5, "threshold_source": "default (no held-out identities)"}
+        emb = Embedder(artifact, device=str(self.device)).embed(self.crops[sp.open_set])
+        pos, neg = metrics.all_pairs(emb, self.labels[sp.open_set])
+        if not len(pos) or not len(neg):
+            return {"threshold": 0.5, "threshold_source": "default (too few held-out pairs)"}
+        thr = metrics.threshold_at_far(neg, THRESHOLD_FAR)
+        tar = float(np.mean(pos > thr))
+        return {"threshold": thr, "threshold_source": f"FAR {THRESHOLD_FAR:g} on {len(neg)} held-out "
+                f"negative pairs ({len(np.unique(self.labels[sp.open_set]))} identities), TAR {tar:.3f}"}
+
+    def _artifact(self, summary: dict) -> ModelArtifact:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return ModelArtifact(state_dict=state, recipe=self.recipe, threshold=0.5, flip_average=True,
+                             training=summary)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        _atomic_torch_save({
+            "epoch": epoch, "backbone": self.model.state_dict(), "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "config": self.config.to_dict(), "splits": self.splits.to_dict(), "history": self.history,
+        }, self.out / "checkpoint.pt")
+
+    def write_artifact(self, calibrate: bool) -> ModelArtifact:
+        last = self.history[-1] if self.history else {}
+        summary = {"config": self.config.to_dict(), "data": str(self.data_dir), "epochs_done": len(self.history),
+                   "train_images": int(len(self.splits.train)),
+                   "train_identities": int(len(self.class_index)),
+                   "wall_seconds": float(sum(h.get("train_seconds", 0) + h.get("eval_seconds", 0) for h in self.history)),
+                   "last_epoch": last}
+        artifact = self._artifact(summary)
+        if calibrate:
+            cal = self.calibrate(artifact)
+        else:
+            thr = last.get(f"open_threshold@far={THRESHOLD_FAR:g}")
+            cal = {"threshold": thr if thr is not None else 0.5,
+                   "threshold_source": "per-epoch evaluation (training precision)"}
+        artifact.threshold = float(cal["threshold"])
+        artifact.training["threshold_source"] = cal["threshold_source"]
+        artifact.save(self.out / "model.pt")
+        return artifact
+
+    def fit(self) -> ModelArtifact:
+        config = self.config
+        print(f"training {config.name}: {len(self.splits.train)} images of {len(self.class_index)} identities, "
+              f"{len(self.splits.closed_val)} closed-set and {len(self.splits.open_set)} open-set images, "
+              f"input {config.input_size}, {config.precision}, device {self.device}, "
+              f"epochs {self.start_epoch}..{config.epochs}", flush=True)
+        artifact = None
+        for epoch in range(self.start_epoch, config.epochs + 1):
+            row = {"epoch": epoch, **self.train_epoch(epoch), **self.evaluate()}
+            self.history.append(row)
+            with open(self.out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            self.save_checkpoint(epoch)
+            plot_curves(self.history, self.out / "curves.png")
+            artifact = self.write_artifact(calibrate=epoch == config.epochs)
+        if artifact is None:  # resumed a finished run: just rewrite the artifact
+            artifact = self.write_artifact(calibrate=True)
+        print(f"model {artifact.version} written to {self.out / 'model.pt'} "
+              f"(threshold {artifact.threshold:.4f}: {artifact.training['threshold_source']})", flush=True)
+        return artifact

@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image, ImageDraw
+# One torch thread per test process unless told otherwise: on 2 cores, two processes that each
+# run 2 OpenMP threads slow each other down twenty-fold (spinning barriers), and the suites here
+# start servers and workers beside the test process. Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("TEST_TORCH_THREADS", "1"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def face_data() -> Path | None:

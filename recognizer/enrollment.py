@@ -1,0 +1,63 @@
+"""What happens to one enrollment photo: the policy shared by the CLI and the worker.
+
+Policy for several faces: the largest face is enrolled and the result says how many were seen
+(enrollment photos are usually portraits where bystanders are small). Faces whose shorter side
+is under ``min_face_size`` pixels are refused as ``too_small``: too few pixels to trust.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import FaceServiceError
+from .images import ImageSource
+from .recognizer import Recognizer
+
+ENROLLED, DUPLICATE, NO_FACE, TOO_SMALL, UNREADABLE = "enrolled", "duplicate", "no_face", "too_small", "unreadable"
+DEFAULT_MIN_FACE_SIZE = 40
+
+
+def image_hash(data: bytes) -> str:
+    """Content hash of the uploaded bytes: the same photo enrolled twice counts once."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class EnrollmentResult:
+    status: str  # enrolled | no_face | too_small | unreadable (| duplicate, set by the store)
+    image_hash: str
+    faces_found: int = 0
+    message: str = ""
+    face: dict | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        out = {"status": self.status, "image_hash": self.image_hash, "faces_found": self.faces_found}
+        if self.message:
+            out["message"] = self.message
+        if self.face:
+            out["face"] = self.face
+        return out
+
+
+def embed_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
+                         min_face_size: int = DEFAULT_MIN_FACE_SIZE) -> EnrollmentResult:
+    """Decode, detect, pick the face per the policy above, and embed it."""
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+    try:
+        pixels = recognizer.load(data)
+    except FaceServiceError as exc:
+        return EnrollmentResult(UNREADABLE, image_hash(raw or b""), message=exc.message)
+    digest = image_hash(raw) if raw is not None else image_hash(np.ascontiguousarray(pixels).tobytes())
+    faces = recognizer.detector.detect(pixels)
+    if not faces:
+        return EnrollmentResult(NO_FACE, digest, message="no face found in the image")
+    face = faces[0]
+    if face.size < min_face_size:
+        return EnrollmentResult(TOO_SMALL, digest, len(faces), face=face.to_dict(),
+                                message=f"the face is {face.size:.0f}px, under the minimum of {min_face_size}px")
+    embedding = recognizer.embed(recognizer.align(pixels, [face]))[0]
+    message = f"{len(faces)} faces found; the largest was enrolled" if len(faces) > 1 else ""
+    return EnrollmentResult(ENROLLED, digest, len(faces), message, face.to_dict(), embedding)

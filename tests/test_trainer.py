@@ -1,0 +1,161 @@
+"""Trainer: the CosFace head, metrics on hand-made inputs, data discovery, fit and resume, evaluate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import synthetic_face
+from recognizer import Recognizer
+from recognizer.artifact import ModelArtifact
+from trainer import metrics
+from trainer.configs import get_config
+from trainer.cosface import CosFaceHead
+from trainer.data import discover, make_splits
+from trainer.evaluate import evaluate_identification, evaluate_lfw, parse_lfw_pairs
+from trainer.fit import Trainer
+
+
+# ---- CosFace -------------------------------------------------------------------------------------
+
+def test_cosface_margin_only_on_target_and_scaled():
+    torch.manual_seed(0)
+    head = CosFaceHead(8, 5, scale=30.0, margin=0.25)
+    emb = torch.randn(4, 8, requires_grad=True)
+    labels = torch.tensor([0, 3, 3, 1])
+    cos = head.cosines(emb)
+    expected_cos = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(head.weight, dim=1).T
+    torch.testing.assert_close(cos, expected_cos)
+    logits = head.logits(cos, labels)
+    diff = cos * 30.0 - logits
+    for row, label in enumerate(labels.tolist()):
+        for col in range(5):
+            assert diff[row, col].item() == pytest.approx(30.0 * 0.25 if col == label else 0.0, abs=1e-5)
+    loss, _ = head(emb, labels)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+    assert emb.grad.abs().sum() > 0
+
+
+# ---- metrics on inputs with known answers --------------------------------------------------------
+
+def test_tpr_at_fpr_and_auc_known_answers():
+    neg = np.arange(1000) / 1000.0  # 0.000 .. 0.999
+    pos = np.array([0.9995, 0.995, 0.95, 0.5])
+    tpr, thr = metrics.tpr_at_fpr(pos, neg, 0.01)  # 10 negatives may pass: threshold = 0.989
+    assert thr == pytest.approx(0.989) and tpr == 0.5
+    tpr, _ = metrics.tpr_at_fpr(pos, neg, 0.001)  # threshold 0.998
+    assert tpr == 0.25
+    assert metrics.roc_auc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    assert metrics.roc_auc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert metrics.roc_auc(np.array([0.0, 2.0]), np.array([1.0])) == 0.5
+    fpr, tpr_curve = metrics.roc_curve(np.array([0.9, 0.8]), np.array([0.1, 0.85]))
+    assert fpr[-1] == 1.0 and tpr_curve[-1] == 1.0
+
+
+def test_kfold_accuracy_and_identification():
+    scores = np.array([0.9, 0.8, 0.1, 0.2] * 5)
+    same = np.array([True, True, False, False] * 5)
+    folds = np.repeat(np.arange(5), 4)
+    report = metrics.kfold_accuracy(scores, same, folds)
+    assert report["accuracy_mean"] == 1.0 and report["accuracy_std"] == 0.0
+    gallery = np.eye(3, dtype=np.float32)
+    labels = np.array([10, 20, 30])
+    queries = np.array([[0.9, 0.1, 0], [0, 0.2, 0.8], [0.6, 0.7, 0]], dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    acc = metrics.closed_set_accuracy(gallery, labels, queries, np.array([10, 30, 10]), ks=(1, 2))
+    assert acc == {"top1": pytest.approx(2 / 3), "top2": 1.0}
+
+
+def test_parse_lfw_pairs(tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t2\nAnn\t1\t2\nBob\t1\t3\nAnn\t1\tBob\t2\nCid\t4\tAnn\t2\n"
+                     "Cid\t1\t2\nDee\t2\t3\nDee\t1\tBob\t1\nAnn\t3\tCid\t1\n")
+    parsed, same, folds = parse_lfw_pairs(pairs)
+    assert parsed[0] == ("Ann", 1, "Ann", 2) and parsed[2] == ("Ann", 1, "Bob", 2)
+    assert same.tolist() == [True, True, False, False] * 2
+    assert folds.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    pairs.write_text("2\t2\nAnn\t1\t2\n")
+    with pytest.raises(ValueError, match="promises"):
+        parse_lfw_pairs(pairs)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def test_discover_both_layouts(synthetic_celeba, tmp_path):
+    ds = discover(synthetic_celeba)
+    assert ds.layout == "celeba" and len(ds.paths) == 80 and len(set(ds.identities)) == 8
+    with_header = tmp_path / "celeba"
+    (with_header / "img_align_celeba").mkdir(parents=True)
+    for p in sorted((synthetic_celeba / "img_align_celeba").iterdir())[:3]:
+        (with_header / "img_align_celeba" / p.name).write_bytes(p.read_bytes())
+    lines = (synthetic_celeba / "identity_CelebA.txt").read_text().splitlines()[:3]
+    (with_header / "identity_CelebA.txt").write_text("3\nimage_id identity\n" + "\n".join(lines))
+    assert len(discover(with_header).paths) == 3
+    folders = tmp_path / "folders"
+    for person in ("ann", "bob"):
+        (folders / person).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(folders / person / "1.jpg")
+    ds = discover(folders)
+    assert ds.layout == "folders" and ds.identities == ["ann", "bob"]
+
+
+def test_splits_are_seeded_and_disjoint():
+    labels = np.repeat(np.arange(10), 6)
+    a = make_splits(labels, open_identities=2, val_per_identity=1, seed=3)
+    b = make_splits(labels, open_identities=2, val_per_identity=1, seed=3)
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("train", "closed_val", "open_set"))
+    assert len(set(labels[a.open_set])) == 2
+    assert not set(labels[a.open_set]) & set(labels[a.train])
+    assert set(labels[a.closed_val]) <= set(labels[a.train])
+    assert len(a.train) + len(a.closed_val) + len(a.open_set) == 60
+
+
+# ---- fit, resume, evaluate -----------------------------------------------------------------------
+
+def test_tiny_fit_learns_and_writes_everything(tiny_model):
+    run = tiny_model.parent
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["loss"] < history[0]["loss"]
+    for key in ("train_accuracy", "closed_top1", "open_roc_auc", "open_tar@far=0.001", "images_per_second"):
+        assert key in history[-1]
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "checkpoint.pt").is_file()
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert {"epoch", "backbone", "head", "optimizer", "scheduler", "config", "splits"} <= set(checkpoint)
+    artifact = ModelArtifact.load(tiny_model)
+    assert "FAR" in artifact.training["threshold_source"]
+
+
+def test_resume_continues_where_it_stopped(synthetic_celeba, tmp_path):
+    config = get_config("tiny", epochs=1)
+    Trainer(synthetic_celeba, config, tmp_path, cache_dir=None).fit()
+    first = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=2), tmp_path, resume=True, cache_dir=None)
+    assert trainer.start_epoch == 2
+    trainer.fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == first[0] and json.loads(lines[1])["epoch"] == 2
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_evaluate_lfw_and_identification_on_synthetic_sets(tiny_model, tmp_path):
+    root = tmp_path / "lfw"
+    for ident, name in enumerate(["Ann_A", "Bob_B", "Cid_C", "Dee_D"], start=100):
+        (root / name).mkdir(parents=True)
+        for n in range(1, 4):
+            synthetic_face(ident, n).save(root / name / f"{name}_{n:04d}.jpg")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t2\nAnn_A\t1\t2\nBob_B\t1\t3\nAnn_A\t1\tBob_B\t2\nCid_C\t3\tDee_D\t2\n"
+                     "Cid_C\t1\t2\nDee_D\t2\t3\nDee_D\t1\tBob_B\t1\nAnn_A\t3\tCid_C\t1\n")
+    recognizer = Recognizer(tiny_model)
+    report = evaluate_lfw(recognizer, root, pairs, crop_mode="frame")
+    assert report["pairs"] == 8 and 0.0 <= report["accuracy_mean"] <= 1.0 and len(report["fold_accuracies"]) == 2
+    ident = evaluate_identification(recognizer, root, crop_mode="frame", enrolled_share=0.75)
+    assert ident["enrolled_people"] == 3 and ident["stranger_people"] == 1
+    assert 0.0 <= ident["top1"] <= ident["top5"] <= 1.0 and "fnir" in ident["open_set"]

@@ -96,3 +96,117 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+# -- service fixtures: a private redis-server, the model once, flushed per test -------------------
+
+class RedisServer:
+    """A redis-server of our own on a free port (never the shared one on 6379)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, args: tuple[str, ...] = (),
+                 config_file: Path | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.args = args
+        self.config_file = config_file
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import shutil
+        import subprocess
+        import time
+
+        import redis
+
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        cmd = [exe] + ([str(self.config_file)] if self.config_file else []) + [
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            "--daemonize", "no", "--logfile", str(self.workdir / "redis.log"), *self.args]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "redis.stdout", "ab") as out:  # config errors go to stdout
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                logs = [self.workdir / "redis.stdout", self.workdir / "redis.log"]
+                text = "".join(p.read_text()[-2000:] for p in logs if p.exists())
+                raise RuntimeError(f"redis-server did not start: {text}")
+            time.sleep(0.05)
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no chance to save anything at exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self, **kwargs):
+        import redis
+
+        return redis.Redis(port=self.port, **kwargs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Session redis-server without persistence (--save "" --appendonly no)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), args=("--save", "", "--appendonly", "no")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """A client of the session server; the database is flushed before and after each test."""
+    client = redis_server.client()
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def service_recognizer(tiny_model):
+    """The service's own recognizer (built as the server and the worker build it), loaded once."""
+    from service.config import load_config
+    from service.jobs import build_recognizer
+
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    return build_recognizer(load_config({"MODEL_PATH": str(tiny_model), "TORCH_THREADS": threads}, environ={}))
+
+
+@pytest.fixture
+def service_app_factory(service_recognizer, tiny_model, redis_server, redis_db):
+    """Build Flask apps on the test Redis with the shared model; the worker side of each test
+    uses the same recognizer (installed as the process's worker model)."""
+    from service import jobs
+    from service.app import create_app
+
+    jobs.set_recognizer(service_recognizer)
+
+    def make(url: str | None = None, **overrides):
+        config = {"REDIS_URL": url or redis_server.url, "MODEL_PATH": str(tiny_model),
+                  "RECOGNIZER": service_recognizer, "TESTING": True, **overrides}
+        return create_app(config)
+
+    yield make
+    jobs.set_recognizer(None)

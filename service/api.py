@@ -1,0 +1,367 @@
+"""HTTP endpoints: ``/v1`` (identify, verify, people, enroll, jobs) and the operational
+routes (``/health``, ``/metrics``, ``/openapi.json``).
+
+Views validate everything before they write anything, so a rejected request leaves the
+gallery as it was. Every write is followed by a cache sync *before* the response, so the
+process that acknowledged a change also answers according to it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from index import Match, cosine_to_angle_deg, decide
+from recognizer.detector import DetectedFace
+from recognizer.errors import BadImageError, ConflictError, InvalidRequestError, NoFaceError
+
+from .auth import require
+from .context import Service, current_service
+from .errors import EnrollmentRejectedError, PersonNotFoundError, ServiceUnavailableError
+from .inputs import RequestBody, Upload, float_param, int_param, json_object_param, str_param
+from .jobs import EnrollmentPolicy, enqueue_enrollment, enroll_image, job_view
+from .metrics import CONTENT_TYPE
+from .openapi import build_openapi
+from .store import check_metadata, check_name
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+ops = Blueprint("ops", __name__)
+
+MAX_PAGE = 1000
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def face_json(face: DetectedFace) -> dict[str, Any]:
+    body = face.to_dict()
+    body["size"] = round(face.size, 1)
+    return body
+
+
+def match_json(m: Match) -> dict[str, Any]:
+    return {"person_id": m.person_id, "name": m.name, "cosine": round(m.cosine, 6),
+            "angle_deg": round(m.angle_deg, 3)}
+
+
+def threshold_of(svc: Service, body: RequestBody) -> tuple[float, str]:
+    value = body.get("threshold")
+    thr = float_param(value, "threshold", svc.recognizer.threshold, -1.0, 1.0)
+    return thr, ("model" if value in (None, "") else "request")
+
+
+def largest_face(svc: Service, upload: Upload) -> tuple[np.ndarray, DetectedFace, int]:
+    """Embedding of the largest face of an image, its face and how many faces there were."""
+    pixels = svc.recognizer.load(upload.data)
+    faces = svc.recognizer.detector.detect(pixels)
+    if not faces:
+        raise NoFaceError(f"no face found in {upload.field!r}", field=upload.field)
+    embedding = svc.recognizer.embed(svc.recognizer.align(pixels, faces[:1]))[0]
+    return embedding, faces[0], len(faces)
+
+
+# -- identify / verify -------------------------------------------------------------------
+
+
+@v1.post("/identify")
+@require("read")
+def identify() -> Any:
+    svc = current_service()
+    body = RequestBody(request, svc.config)
+    k = int_param(body.get("k"), "k", svc.config.default_k, 1, svc.config.max_k)
+    threshold, source = threshold_of(svc, body)
+    upload = body.image("image")
+    found = svc.recognizer.analyze(upload.data)
+    # The freshness check happens here, after the slow part, right before answering.
+    candidates = svc.cache.search(np.stack([f.embedding for f in found]), k) if found else []
+    faces = []
+    for item, matches in zip(found, candidates):
+        decision = decide(matches, threshold)
+        faces.append({
+            **face_json(item.face),
+            "decision": decision,
+            "person": match_json(matches[0]) if decision == "match" else None,
+            "matches": [match_json(m) for m in matches],
+        })
+    return {"model_version": svc.recognizer.version, "threshold": threshold, "threshold_source": source,
+            "k": k, "faces": faces}
+
+
+@v1.post("/verify")
+@require("read")
+def verify() -> Any:
+    svc = current_service()
+    body = RequestBody(request, svc.config)
+    threshold, source = threshold_of(svc, body)
+    person_id = str_param(body.get("person_id"), "person_id") or None
+    first = body.image("image")
+    second = body.image("image2", required=False)
+    if (second is None) == (person_id is None):
+        raise InvalidRequestError("send either 'image2' (a second photo) or 'person_id' (an enrolled person), "
+                                  "exactly one of them", field="image2")
+    person = svc.store.get_person(person_id) if person_id else None  # 404 before any inference
+    emb_a, face_a, n_a = largest_face(svc, first)
+    result: dict[str, Any] = {"faces": {"image": {**face_json(face_a), "faces_found": n_a}}}
+    if second is not None:
+        emb_b, face_b, n_b = largest_face(svc, second)
+        result["faces"]["image2"] = {**face_json(face_b), "faces_found": n_b}
+    else:
+        emb_b = svc.cache.person_vector(person_id)
+        if emb_b is None:
+            if not svc.store.exists(person_id):
+                raise PersonNotFoundError(f"no person with id {person_id!r}", person_id=person_id)
+            raise ConflictError(f"person {person_id!r} has no enrolled images for model {svc.recognizer.version}",
+                                person_id=person_id)
+        result["person"] = {"person_id": person.person_id, "name": person.name}
+    cosine = float(np.clip(np.dot(emb_a.astype(np.float64), emb_b.astype(np.float64)), -1.0, 1.0))
+    result.update({"same": cosine >= threshold, "cosine": round(cosine, 6),
+                   "angle_deg": round(cosine_to_angle_deg(cosine), 3), "threshold": threshold,
+                   "threshold_source": source, "model_version": svc.recognizer.version})
+    return result
+
+
+# -- people ------------------------------------------------------------------------------
+
+
+def _location(person_id: str) -> str:
+    return url_for("v1.get_person", person_id=person_id)
+
+
+@v1.post("/people")
+@require("admin")
+def create_person() -> Any:
+    svc = current_service()
+    body = RequestBody(request, svc.config, allow_form_urlencoded=True)
+    person_id = body.get("person_id")
+    person = svc.store.create_person(
+        body.get("name"),
+        json_object_param(body.get("metadata"), "metadata"),
+        None if person_id in (None, "") else person_id,
+    )
+    response = jsonify(person.to_dict())
+    response.status_code = 201
+    response.headers["Location"] = _location(person.person_id)
+    return response
+
+
+@v1.get("/people")
+@require("read")
+def list_people() -> Any:
+    svc = current_service()
+    offset = int_param(request.args.get("offset"), "offset", 0, 0, 2**31)
+    limit = int_param(request.args.get("limit"), "limit", 100, 1, MAX_PAGE)
+    total, people = svc.store.list_people(offset, limit)
+    return {"total": total, "offset": offset, "limit": limit, "model_version": svc.recognizer.version,
+            "people": [p.to_dict() for p in people]}
+
+
+@v1.get("/people/<person_id>")
+@require("read")
+def get_person(person_id: str) -> Any:
+    svc = current_service()
+    person = svc.store.get_person(person_id)
+    return {**person.to_dict(), "model_version": svc.recognizer.version,
+            "images": svc.store.person_images(person_id)}
+
+
+@v1.delete("/people/<person_id>")
+@require("admin")
+def delete_person(person_id: str) -> Any:
+    svc = current_service()
+    svc.store.delete_person(person_id)
+    svc.cache.sync()  # this process stops matching them before we say it is done
+    return {"deleted": True, "person_id": person_id}
+
+
+@v1.post("/people/<person_id>/images")
+@require("admin")
+def add_image(person_id: str) -> Any:
+    """Synchronous single-photo enrollment: the operator at the desk learns at once whether
+    the photo was usable (422 no_face / too_small), with the policy the bulk job applies."""
+    svc = current_service()
+    body = RequestBody(request, svc.config)
+    upload = body.image("image")
+    svc.store.get_person(person_id)
+    result = enroll_image(svc.recognizer, svc.store, person_id, upload.data,
+                          EnrollmentPolicy.from_config(svc.config), filename=upload.filename)
+    status = result["status"]
+    details = {k: v for k, v in result.items() if k in ("faces_found", "image_hash", "box")}
+    if status == "unreadable":
+        raise BadImageError(result["message"], field="image")
+    if status == "no_face":
+        raise NoFaceError("no face found in 'image'", field="image")
+    if status == "person_deleted":
+        raise PersonNotFoundError(result["message"], person_id=person_id)
+    if status not in ("enrolled", "duplicate"):
+        raise EnrollmentRejectedError(result.get("message", status), code=status, **details)
+    svc.cache.sync()
+    result["person"] = svc.store.get_person(person_id).to_dict()
+    return result, (201 if status == "enrolled" else 200)
+
+
+@v1.delete("/people/<person_id>/images/<image_hash>")
+@require("admin")
+def delete_image(person_id: str, image_hash: str) -> Any:
+    svc = current_service()
+    svc.store.remove_image(person_id, image_hash)
+    svc.cache.sync()
+    return {"deleted": True, "person_id": person_id, "image_hash": image_hash,
+            "person": svc.store.get_person(person_id).to_dict()}
+
+
+# -- enrollment jobs ---------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    person_id: str | None
+    name: str | None
+    metadata: dict[str, Any] | None
+    images: list[Upload] = field(default_factory=list)
+
+
+def _entry(source: dict[str, Any], images: list[Upload], where: str) -> _Entry:
+    person_id = source.get("person_id") or None
+    name = source.get("name") or None
+    if person_id is not None and name is not None:
+        raise InvalidRequestError(f"{where}: give person_id (an existing person) or name (a new person), not both",
+                                  field=where)
+    if person_id is None and name is None:
+        raise InvalidRequestError(f"{where}: person_id (an existing person) or name (a new person) is required",
+                                  field=where)
+    if person_id is not None and not isinstance(person_id, str):
+        raise InvalidRequestError(f"{where}: person_id must be a string", field=where)
+    metadata = json_object_param(source.get("metadata"), f"{where}.metadata" if where != "request" else "metadata")
+    if person_id is not None and metadata is not None:
+        raise InvalidRequestError(f"{where}: metadata can only be given with a new person (name)", field=where)
+    return _Entry(person_id, name, metadata, images)
+
+
+@v1.post("/enroll")
+@require("admin")
+def enroll() -> Any:
+    svc = current_service()
+    body = RequestBody(request, svc.config)
+    if body.kind == "form":
+        entries = [_entry(body.params, body.images("images"), "request")]
+    else:
+        people = body.get("people")
+        if people is None and "images" in body.params:
+            people = [body.params]  # one person at the top level
+        if not isinstance(people, list) or not people:
+            raise InvalidRequestError("people must be a non-empty list of {name | person_id, images}",
+                                      field="people")
+        if sum(len(p.get("images") or []) if isinstance(p, dict) else 0 for p in people) > \
+                svc.config.max_images_per_request:
+            raise InvalidRequestError(f"at most {svc.config.max_images_per_request} images per request",
+                                      field="people")
+        entries = []
+        for i, p in enumerate(people):
+            if not isinstance(p, dict):
+                raise InvalidRequestError(f"people[{i}] must be an object", field=f"people[{i}]")
+            images = body.images("images", source=p, where=f"people[{i}].images")
+            entries.append(_entry(p, images, f"people[{i}]"))
+    total = sum(len(e.images) for e in entries)
+    if total > svc.config.max_images_per_request:
+        raise InvalidRequestError(f"{total} images; at most {svc.config.max_images_per_request} per request",
+                                  field="images")
+    # Validate every reference before the first write: a bad entry must not leave half a batch.
+    for e in entries:
+        if e.person_id is not None:
+            svc.store.get_person(e.person_id)
+        else:
+            e.name = check_name(e.name)
+            check_metadata(e.metadata)
+    people_out = []
+    for e in entries:
+        created = e.person_id is None
+        if created:
+            e.person_id = svc.store.create_person(e.name, e.metadata).person_id
+        people_out.append({"person_id": e.person_id, "name": e.name, "created": created, "images": len(e.images)})
+    job = enqueue_enrollment(svc.queue, svc.store, svc.config,
+                             [(e.person_id, [(u.filename, u.data) for u in e.images]) for e in entries])
+    location = url_for("v1.get_job", job_id=job.id)
+    response = jsonify({"job_id": job.id, "status": "queued", "status_url": location, "total_images": total,
+                        "people": people_out})
+    response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+@v1.get("/jobs/<job_id>")
+@require("read")
+def get_job(job_id: str) -> Any:
+    svc = current_service()
+    return job_view(svc.redis, svc.store, job_id)
+
+
+# -- operations --------------------------------------------------------------------------
+
+
+@ops.get("/health")
+def health() -> Any:
+    """200 when this process can serve (Redis reachable), 503 otherwise: a load balancer
+    should not send identify requests to a server that cannot check for deletions."""
+    svc = current_service()
+    body: dict[str, Any] = {"model_version": svc.recognizer.version, "pid": os.getpid(),
+                            "model_threshold": round(svc.recognizer.threshold, 6),
+                            "auth": "open" if svc.config.open_mode else "api_keys"}
+    try:
+        svc.cache.sync()
+        body["gallery"] = {"people": svc.store.count_people(), "people_with_vectors": len(svc.cache),
+                           "generation": svc.cache.gen}
+        body["queue"] = {"name": svc.queue.name, "depth": svc.queue.count}
+        body["redis"] = {"reachable": True}
+        body["status"] = "ok"
+        code = 200
+    except (redis.RedisError, ServiceUnavailableError) as exc:
+        body["gallery"] = {"people_with_vectors": len(svc.cache)}
+        body["redis"] = {"reachable": False, "error": str(getattr(exc, "message", exc))}
+        body["status"] = "degraded"
+        code = 503
+    return body, code
+
+
+@ops.get("/metrics")
+def metrics() -> Response:
+    svc = current_service()
+    gauges: list[tuple[str, str, str, dict[str, str], float]] = [
+        ("facerec_model_info", "gauge", "The model this process serves (value is always 1).",
+         {"version": svc.recognizer.version}, 1.0),
+        ("facerec_model_threshold", "gauge", "The model's calibrated cosine threshold.", {},
+         svc.recognizer.threshold),
+    ]
+    try:
+        svc.cache.sync()
+        people = svc.store.count_people()
+        depth = svc.queue.count
+        started = svc.queue.started_job_registry.count
+        failed = svc.queue.failed_job_registry.count
+        up = 1.0
+    except (redis.RedisError, ServiceUnavailableError):
+        people = depth = started = failed = None
+        up = 0.0
+    gauges.append(("facerec_redis_up", "gauge", "1 if Redis answered this scrape.", {}, up))
+    gauges.append(("facerec_gallery_people_with_vectors", "gauge",
+                   "People with at least one image for this model, in this process's index.",
+                   {"model_version": svc.recognizer.version}, float(len(svc.cache))))
+    if up:
+        gauges += [
+            ("facerec_gallery_people", "gauge", "People in the gallery (Redis).", {}, float(people)),
+            ("facerec_enroll_queue_depth", "gauge", "Enrollment jobs waiting for a worker.",
+             {"queue": svc.queue.name}, float(depth)),
+            ("facerec_enroll_jobs", "gauge", "Enrollment jobs by state.",
+             {"queue": svc.queue.name, "state": "started"}, float(started)),
+            ("facerec_enroll_jobs", "gauge", "Enrollment jobs by state.",
+             {"queue": svc.queue.name, "state": "failed"}, float(failed)),
+        ]
+    return Response(svc.metrics.render(gauges), mimetype=None, content_type=CONTENT_TYPE)
+
+
+@ops.get("/openapi.json")
+def openapi() -> Any:
+    return build_openapi(current_service().recognizer.version)

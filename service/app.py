@@ -1,0 +1,151 @@
+"""The Flask application factory: wires config, model, Redis, cache, queue and routes.
+
+One error handler turns every :class:`FaceServiceError` into ``{"error", "message"}`` JSON
+with its status; HTTP errors raised by Flask/Werkzeug (404, 405, 413, malformed bodies)
+get the same shape, and anything unexpected becomes a 500 that names no internals.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Mapping
+
+import redis
+from flask import Flask, g, jsonify, request
+from rq import Queue
+from werkzeug.exceptions import HTTPException
+
+from recognizer import Recognizer
+from recognizer.errors import AuthError, FaceServiceError
+
+from .api import ops, v1
+from .auth import startup_warnings
+from .cache import GalleryCache
+from .config import ServiceConfig, load_config
+from .context import EXTENSION, Service
+from .errors import ServiceUnavailableError
+from .jobs import build_recognizer
+from .metrics import Metrics
+from .store import GalleryStore
+
+log = logging.getLogger("service")
+
+HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+              415: "unsupported_media_type", 429: "too_many_requests"}
+
+
+def connect_redis(config: ServiceConfig) -> redis.Redis:
+    """A bytes-returning client (RQ and the raw embeddings need bytes) with timeouts, so a
+    stuck Redis turns into a 503 instead of a hung request."""
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=config.redis_socket_timeout,
+        socket_connect_timeout=config.redis_socket_timeout,
+        health_check_interval=30,
+    )
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` overrides environment settings by name (``REDIS_URL``,
+    ``MODEL_PATH``, ``ADMIN_API_KEYS`` ...). Two non-setting keys exist for embedding and
+    tests: ``RECOGNIZER`` (an already loaded :class:`Recognizer`) and ``REDIS`` (a client)."""
+    overrides = dict(config or {})
+    recognizer: Recognizer | None = overrides.pop("RECOGNIZER", None)
+    conn: redis.Redis | None = overrides.pop("REDIS", None)
+    cfg = load_config(overrides)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    app = Flask("service", static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=cfg.max_content_length, MAX_FORM_MEMORY_SIZE=cfg.max_content_length,
+                      JSON_SORT_KEYS=False)
+    app.config.update(cfg.extra)
+
+    recognizer = recognizer or build_recognizer(cfg)
+    conn = conn or connect_redis(cfg)
+    store = GalleryStore(conn, recognizer.version, recognizer.dim, prefix=cfg.redis_key_prefix,
+                         stream_maxlen=cfg.change_stream_maxlen)
+    cache = GalleryCache(store)
+    try:
+        cache.rebuild()
+    except ServiceUnavailableError as exc:  # start anyway; /health says 503 until Redis is back
+        log.error("Redis unreachable at start-up (%s); the gallery will load on the first request", exc.message)
+    service = Service(config=cfg, recognizer=recognizer, redis=conn, store=store, cache=cache,
+                      queue=Queue(cfg.enroll_queue, connection=conn), metrics=Metrics(conn, cfg.redis_key_prefix))
+    app.extensions[EXTENSION] = service
+
+    for warning in startup_warnings(cfg):
+        log.warning("!" * 20 + " " + warning + " " + "!" * 20)
+    log.info("serving model %s (threshold %.4f) with %d people indexed, Redis %s", recognizer.version,
+             recognizer.threshold, len(cache), _safe_url(cfg.redis_url))
+
+    app.register_blueprint(v1)
+    app.register_blueprint(ops)
+    _register_hooks(app, service)
+    _register_error_handlers(app)
+    return app
+
+
+def _safe_url(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _register_hooks(app: Flask, service: Service) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+
+    @app.after_request
+    def record(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        service.metrics.observe(route, request.method, response.status_code, elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(FaceServiceError)
+    def service_error(exc: FaceServiceError):
+        response = jsonify(exc.to_dict())
+        response.status_code = exc.status_code
+        if isinstance(exc, AuthError):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="facerec"'
+        if exc.status_code >= 500:
+            log.error("request %s failed: %s", g.get("request_id"), exc.message)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = exc.code or 500
+        message = exc.description or exc.name
+        if code == 404:
+            message = f"no such endpoint: {request.path}"
+        elif code == 405:
+            allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        elif code == 413:
+            message = (f"the request body is over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes "
+                       "(MAX_CONTENT_LENGTH)")
+        response = exc.get_response()
+        response.data = jsonify({"error": HTTP_CODES.get(code, exc.name.lower().replace(" ", "_")),
+                                 "message": message}).get_data()
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if isinstance(exc, redis.RedisError):
+            log.error("request %s: Redis error: %s", g.get("request_id"), exc)
+            return service_error(ServiceUnavailableError(f"the gallery store (Redis) is unreachable: {exc}"))
+        log.exception("request %s: unexpected error", g.get("request_id"))
+        response = jsonify({"error": "internal", "message": f"internal error (request id {g.get('request_id')}); "
+                                                             "see the server log"})
+        response.status_code = 500
+        return response

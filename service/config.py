@@ -1,0 +1,152 @@
+"""Service settings: environment variables, overridable by a dict (tests, ``create_app``).
+
+Every setting has one name, used both as the environment variable and as the key of the
+override dict, so what the docs, docker-compose and the tests say is the same thing.
+Values are parsed and range-checked once, at start-up, so a typo fails the deployment
+instead of the first request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from recognizer.errors import ModelArtifactError
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+HOW_TO_MAKE_A_MODEL = (
+    "Train one with `python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu` "
+    "(about 100 minutes on 2 cores; `--config tiny` makes a useless but working model in seconds for a "
+    "smoke test), or point MODEL_PATH at an existing model.pt."
+)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """All settings of the server and the worker (names = environment variables, lower-cased)."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    model_path: str = ""  # empty: the newest runs/*/model.pt of the project
+    admin_api_keys: tuple[str, ...] = ()  # enroll, create, delete (and everything read keys allow)
+    read_api_keys: tuple[str, ...] = ()  # identify, verify, list, jobs
+    redis_key_prefix: str = "fr"
+    enroll_queue: str = "enroll"
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 25_000_000  # a 25 MP RGB decode is 75 MB; bombs are refused before decoding
+    max_images_per_request: int = 100
+    max_content_length: int = 64 * 1024 * 1024  # whole request body (base64 in JSON is 4/3 larger)
+    min_face_size: int = 20  # detector: smaller faces are not even looked for
+    min_detection_probability: float = 0.9
+    min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this
+    default_k: int = 5
+    max_k: int = 100
+    torch_threads: int = 1  # per process; several processes x several threads thrash the cores
+    upload_ttl: int = 24 * 3600  # uploaded images wait this long for a worker
+    result_ttl: int = 24 * 3600  # finished job results stay readable this long
+    failure_ttl: int = 7 * 24 * 3600
+    job_timeout: int = 3600
+    job_retries: int = 3  # transient (Redis) failures
+    job_retry_intervals: tuple[int, ...] = (5, 30, 120)
+    change_stream_maxlen: int = 100_000
+    redis_socket_timeout: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, passed to Flask
+
+    @property
+    def open_mode(self) -> bool:
+        """True when no API key at all is configured: every endpoint is open."""
+        return not self.admin_api_keys and not self.read_api_keys
+
+    def resolved_model_path(self) -> Path:
+        """The model to load; raises ModelArtifactError with instructions when there is none."""
+        if self.model_path:
+            path = Path(self.model_path)
+            if not path.is_file():
+                raise ModelArtifactError(f"MODEL_PATH={self.model_path} does not exist. {HOW_TO_MAKE_A_MODEL}")
+            return path
+        found = newest_model(PROJECT_ROOT / "runs")
+        if found is None:
+            raise ModelArtifactError(
+                f"no model: MODEL_PATH is not set and there is no runs/*/model.pt under {PROJECT_ROOT}. "
+                + HOW_TO_MAKE_A_MODEL
+            )
+        return found
+
+
+def newest_model(runs_dir: Path) -> Path | None:
+    """The most recently written ``runs/*/model.pt`` (training rewrites it atomically each epoch)."""
+    candidates = [p for p in runs_dir.glob("*/model.pt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name != "extra"}
+# Singular spellings people reach for first.
+_ALIASES = {"ADMIN_API_KEY": "ADMIN_API_KEYS", "READ_API_KEY": "READ_API_KEYS"}
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Settings from ``environ`` (default ``os.environ``), then ``overrides`` on top.
+
+    Keys are the upper-case field names (``REDIS_URL``, ``MAX_IMAGE_BYTES`` ...). Unknown
+    override keys are kept in ``extra`` and handed to Flask's config untouched.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, raw in env.items():
+        key = _ALIASES.get(key, key)
+        name = key.lower()
+        if key.isupper() and name in _FIELDS and raw != "":
+            values[name] = raw
+    for key, raw in (overrides or {}).items():
+        key = _ALIASES.get(key, key)
+        name = key.lower()
+        if name in _FIELDS:
+            values[name] = raw
+        else:
+            extra[key] = raw
+    parsed = {name: _parse(name, raw) for name, raw in values.items()}
+    config = ServiceConfig(**parsed, extra=extra)
+    _check(config)
+    return config
+
+
+def _parse(name: str, raw: Any) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            items = [str(i).strip() for i in items if str(i).strip()]
+            return tuple(int(i) for i in items) if "int" in kind else tuple(items)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name.upper()}={raw!r} is not a valid {kind}") from None
+
+
+def _check(c: ServiceConfig) -> None:
+    positive = ["max_image_bytes", "max_image_pixels", "max_images_per_request", "max_content_length",
+                "min_face_size", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
+                "failure_ttl", "job_timeout", "change_stream_maxlen"]
+    for name in positive:
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")
+    if not 0.0 <= c.min_detection_probability <= 1.0:
+        raise ConfigError("MIN_DETECTION_PROBABILITY must be in [0, 1]")
+    if not 1 <= c.default_k <= c.max_k:
+        raise ConfigError("DEFAULT_K must be between 1 and MAX_K")
+    if c.job_retries < 0 or any(i < 0 for i in c.job_retry_intervals):
+        raise ConfigError("JOB_RETRIES and JOB_RETRY_INTERVALS must not be negative")
+    if not c.redis_key_prefix or ":" in c.redis_key_prefix or " " in c.redis_key_prefix:
+        raise ConfigError("REDIS_KEY_PREFIX must be a non-empty word without ':' or spaces")
+    if set(c.admin_api_keys) & set(c.read_api_keys):
+        raise ConfigError("a key cannot be both an admin and a read key")

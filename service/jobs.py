@@ -1,0 +1,270 @@
+"""Enrollment: turning uploaded photos into stored embeddings, in an RQ job or in-request.
+
+Transport: the server parks each uploaded image in Redis under its own expiring key
+(``UPLOAD_TTL``) and the job carries only those keys. RQ pickles job arguments into the job
+hash, which is read back whole on every status poll (``GET /jobs/<id>``) and kept for the
+result TTL; 200 photos of 5 MB as arguments would make a 1 GB job hash. With keys, the job
+stays a few kilobytes, each image is read once by the worker and deleted once processed.
+
+Policy for each image: :mod:`recognizer.enrollment`, the one the CLI applies too -- the
+largest face is enrolled and ``faces_found`` says how many there were; a face whose shorter
+side is under ``MIN_ENROLL_FACE_SIZE`` is refused. The status reported per image:
+
+* ``enrolled`` / ``duplicate`` -- stored, or the same bytes (sha256) were already stored
+  for that person (the same photo never weighs twice);
+* ``no_face``, ``too_small``, ``unreadable`` (not an image, truncated, over the limits);
+* ``expired`` (the upload's TTL ran out before a worker got to it), ``person_deleted``,
+  ``error`` (an unexpected failure on this image; the rest of the job goes on).
+
+Transient Redis failures are not caught: the job fails and RQ retries it
+(``JOB_RETRIES``/``JOB_RETRY_INTERVALS``). A retry skips the images that an earlier attempt
+already recorded, so it neither double-counts nor reports "duplicate" for its own work.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import redis
+import torch
+from redis import Redis
+from rq import Queue, Retry, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from recognizer import Recognizer
+from recognizer.enrollment import ENROLLED, embed_for_enrollment, image_hash
+from recognizer.errors import FaceServiceError
+
+from .config import ServiceConfig, load_config
+from .errors import JobNotFoundError, PersonNotFoundError
+from .store import GalleryStore
+
+log = logging.getLogger(__name__)
+
+ENROLL_FUNC = "service.jobs.enroll_job"
+STORED = ("enrolled", "duplicate")
+
+# -- the model, once per process --------------------------------------------------------
+
+_recognizer: Recognizer | None = None
+_recognizer_lock = threading.Lock()
+
+
+def build_recognizer(config: ServiceConfig) -> Recognizer:
+    """Load the model with the service's limits. Sets torch's thread count first: several
+    processes each using every core thrash (measured 10-30x slower on 2 busy cores)."""
+    torch.set_num_threads(config.torch_threads)
+    return Recognizer(
+        config.resolved_model_path(),
+        threads=config.torch_threads,
+        min_face_size=config.min_face_size,
+        min_probability=config.min_detection_probability,
+        max_image_bytes=config.max_image_bytes,
+        max_image_pixels=config.max_image_pixels,
+    )
+
+
+def set_recognizer(recognizer: Recognizer | None) -> None:
+    """Install this process's model (``worker.py`` does it before the first job)."""
+    global _recognizer
+    with _recognizer_lock:
+        _recognizer = recognizer
+
+
+def get_recognizer() -> Recognizer:
+    """This process's model, built from the environment on first use if nobody installed one."""
+    global _recognizer
+    with _recognizer_lock:
+        if _recognizer is None:
+            _recognizer = build_recognizer(load_config())
+        return _recognizer
+
+
+# -- one image --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrollmentPolicy:
+    """What makes a photo acceptable as a reference; travels inside the job so that the
+    worker applies exactly what the server's configuration promised."""
+
+    min_enroll_face_size: int = 40
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> "EnrollmentPolicy":
+        return cls(config.min_enroll_face_size)
+
+
+def enroll_image(recognizer: Recognizer, store: GalleryStore, person_id: str, data: bytes,
+                 policy: EnrollmentPolicy, *, job_id: str | None = None,
+                 filename: str | None = None) -> dict[str, Any]:
+    """Detect, check, embed and store one photo of ``person_id``; returns its result dict
+    (``status`` is one of the statuses in the module docstring). Redis errors propagate."""
+    digest = image_hash(data)
+    result: dict[str, Any] = {"person_id": person_id, "image_hash": digest}
+    if filename:
+        result["filename"] = filename[:255]
+    if store.has_image(person_id, digest):  # cheap: skip the model for a re-upload
+        return {**result, "status": "duplicate"}
+    outcome = embed_for_enrollment(recognizer, data, min_face_size=policy.min_enroll_face_size)
+    result.update(outcome.to_dict())
+    result.pop("face", None)
+    if outcome.face:
+        result["box"] = outcome.face["box"]
+    if outcome.status != ENROLLED or outcome.embedding is None:
+        return result
+    info = {"enrolled_at": round(time.time(), 3), "job_id": job_id, "faces_found": outcome.faces_found,
+            "box": result.get("box"), "probability": (outcome.face or {}).get("probability"),
+            "filename": result.get("filename")}
+    try:
+        status, stored = store.add_image(person_id, digest, outcome.embedding, info)
+    except PersonNotFoundError:
+        return {**result, "status": "person_deleted", "message": f"person {person_id!r} was deleted"}
+    result["status"] = status
+    if status == "duplicate":
+        result.pop("message", None)
+        if job_id is not None and stored.get("job_id") == job_id:
+            result["status"] = "enrolled"  # our own earlier attempt stored it (a retried job)
+    return result
+
+
+# -- the RQ job -------------------------------------------------------------------------
+
+
+class ModelMismatchError(FaceServiceError):
+    status_code = 500
+    code = "model_mismatch"
+
+
+def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point: enroll every uploaded image of ``spec`` (see :func:`enqueue_enrollment`).
+
+    Progress goes to ``job.meta["progress"]`` ({done, total}); each image's result is
+    appended to a Redis list as soon as it is known, so ``GET /jobs/<id>`` shows partial
+    results and a retry can skip finished images.
+    """
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("enroll_job must run inside an RQ worker")
+    recognizer = get_recognizer()
+    if spec["model_version"] != recognizer.version:
+        job.retries_left = 0  # not transient: retrying cannot help
+        raise ModelMismatchError(
+            f"this worker runs model {recognizer.version} but the job was submitted for model "
+            f"{spec['model_version']}; run workers and servers with the same MODEL_PATH"
+        )
+    store = GalleryStore(job.connection, recognizer.version, recognizer.dim, prefix=spec["prefix"],
+                         stream_maxlen=spec.get("stream_maxlen", 100_000))
+    policy = EnrollmentPolicy(**spec["policy"])
+    ttl = int(spec["result_ttl"])
+    items: list[dict[str, Any]] = spec["items"]
+    done = {int(r["index"]): r for r in store.job_results(job.id)}
+    total = len(items)
+    for index, item in enumerate(items):
+        if index in done:
+            continue
+        data = store.get_upload(item["upload"])
+        if data is None:
+            result = {"person_id": item["person_id"], "status": "expired",
+                      "message": "the uploaded image expired before a worker processed it"}
+            if item.get("filename"):
+                result["filename"] = item["filename"]
+        else:
+            try:
+                result = enroll_image(recognizer, store, item["person_id"], data, policy,
+                                      job_id=job.id, filename=item.get("filename"))
+            except FaceServiceError as exc:
+                result = {"person_id": item["person_id"], "status": "error", "message": exc.message}
+            except redis.RedisError:
+                raise  # transient: let RQ retry the job
+            except Exception as exc:  # one bad image must not sink the batch
+                log.exception("job %s: image %d failed", job.id, index)
+                result = {"person_id": item["person_id"], "status": "error",
+                          "message": f"{type(exc).__name__}: {exc}"}
+        result["index"] = index
+        store.append_job_result(job.id, result, ttl)
+        store.drop_upload(item["upload"])
+        done[index] = result
+        job.meta["progress"] = {"done": len(done), "total": total}
+        job.save_meta()
+    results = [done[i] for i in sorted(done)]
+    return {"results": results, "summary": dict(Counter(r["status"] for r in results)),
+            "model_version": recognizer.version}
+
+
+def enqueue_enrollment(queue: Queue, store: GalleryStore, config: ServiceConfig,
+                       batches: Sequence[tuple[str, Sequence[tuple[str | None, bytes]]]]) -> Job:
+    """Park the images in Redis and enqueue one job for ``[(person_id, [(filename, bytes)])]``."""
+    job_id = uuid.uuid4().hex
+    flat = [(pid, name, data) for pid, images in batches for name, data in images]
+    keys = store.put_uploads(job_id, [data for _, _, data in flat], ttl=config.upload_ttl)
+    items = [{"person_id": pid, "upload": key, **({"filename": name[:255]} if name else {})}
+             for (pid, name, _), key in zip(flat, keys)]
+    spec = {
+        "model_version": store.model_version,
+        "prefix": store.prefix,
+        "stream_maxlen": store.stream_maxlen,
+        "policy": asdict(EnrollmentPolicy.from_config(config)),
+        "result_ttl": config.result_ttl,
+        "items": items,
+    }
+    retry = None
+    if config.job_retries > 0:
+        retry = Retry(max=config.job_retries, interval=list(config.job_retry_intervals) or 0)
+    return queue.enqueue_call(
+        ENROLL_FUNC, kwargs={"spec": spec}, job_id=job_id, timeout=config.job_timeout,
+        result_ttl=config.result_ttl, failure_ttl=config.failure_ttl, retry=retry,
+        description=f"enroll {len(items)} image(s) of {len(batches)} person(s)",
+        meta={"kind": "enroll", "progress": {"done": 0, "total": len(items)}},
+    )
+
+
+def job_view(connection: Redis, store: GalleryStore, job_id: str) -> dict[str, Any]:
+    """What ``GET /jobs/<id>`` shows: status, progress and per-image results (so far)."""
+    if not isinstance(job_id, str) or not 1 <= len(job_id) <= 64 or not job_id.replace("-", "").isalnum():
+        raise JobNotFoundError(f"no job with id {job_id!r}", job_id=str(job_id)[:64])
+    try:
+        job = Job.fetch(job_id, connection=connection)
+        if job.func_name != ENROLL_FUNC:
+            raise NoSuchJobError(job_id)
+    except NoSuchJobError:
+        raise JobNotFoundError(f"no job with id {job_id!r} (unknown, or its result expired)",
+                               job_id=job_id) from None
+    status = job.get_status(refresh=False)
+    meta = job.meta or {}
+    body: dict[str, Any] = {
+        "job_id": job.id,
+        "status": str(status.value if isinstance(status, JobStatus) else status),
+        "progress": meta.get("progress", {}),
+        "description": job.description,
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+        "retries_left": job.retries_left,
+    }
+    returned = job.return_value() if status == JobStatus.FINISHED else None
+    results = returned["results"] if isinstance(returned, dict) else store.job_results(job.id)
+    results.sort(key=lambda r: r.get("index", 0))
+    body["results"] = results
+    body["summary"] = dict(Counter(r["status"] for r in results))
+    if status == JobStatus.FAILED:
+        body["error"] = _last_line(job.exc_info)
+    return body
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _last_line(text: str | None) -> str | None:
+    """The exception line of a traceback: enough for an operator, no internals."""
+    if not text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else None

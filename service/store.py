@@ -1,0 +1,444 @@
+"""The gallery in Redis: the single source of truth that every server and worker shares.
+
+Layout (``p`` is ``REDIS_KEY_PREFIX``, ``v`` a model version, ``pid`` a person id)::
+
+    p:people                 ZSET  pid -> created_at           (listing order)
+    p:person:<pid>           HASH  name, metadata (JSON), created_at
+    p:emb:<v>:<pid>          HASH  sha256 of the uploaded bytes -> float32 LE embedding
+    p:imginfo:<v>:<pid>      HASH  sha256 -> JSON (enrolled_at, job_id, faces_found, box ...)
+    p:model_versions         SET   every model version that has written embeddings
+    p:gen                    STRING change counter, +1 per write
+    p:changes                STREAM one entry per write: gen, person, op
+    p:epoch                  STRING random token; changes when the data set is replaced (flush)
+    p:upload:<job>:<n>       STRING an uploaded image waiting for its job (TTL)
+    p:jobresults:<job>       LIST  per-image results of a job so far (TTL)
+
+People (name, metadata) do not depend on the model; embeddings do, so they are keyed by
+model version and a server never reads another model's vectors. Each write is one Lua
+script: the check, the write, the counter bump and the change-stream entry happen
+atomically, so concurrent writers lose nothing and a follower can never see a write
+without its change event.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from redis import Redis
+
+from recognizer.errors import ConflictError, InvalidRequestError
+
+from .errors import ImageNotFoundError, PersonNotFoundError
+
+PERSON_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+IMAGE_HASH_RE = re.compile(r"[0-9a-f]{64}")
+MAX_NAME_LEN = 256
+MAX_METADATA_BYTES = 16 * 1024
+
+# Shared head of every write script: KEYS[1..3] = gen, changes, epoch; ARGV[1..2] = a fresh
+# epoch token (used only if none is set yet) and the stream's approximate max length.
+_BUMP = """
+local function bump(pid, op)
+  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+  local gen = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'gen', gen, 'person', pid, 'op', op)
+  return gen
+end
+"""
+
+# KEYS[4] person, KEYS[5] people; ARGV[3] pid, ARGV[4] name, ARGV[5] metadata, ARGV[6] created_at
+_CREATE = _BUMP + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('HSET', KEYS[4], 'name', ARGV[4], 'metadata', ARGV[5], 'created_at', ARGV[6])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+bump(ARGV[3], 'create')
+return 1
+"""
+
+# KEYS[4] person, KEYS[5] people, KEYS[6] model_versions; ARGV[3] pid, ARGV[4] key prefix
+_DELETE = _BUMP + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[5], ARGV[3])
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+  redis.call('DEL', ARGV[4] .. ':emb:' .. v .. ':' .. ARGV[3], ARGV[4] .. ':imginfo:' .. v .. ':' .. ARGV[3])
+end
+bump(ARGV[3], 'delete')
+return 1
+"""
+
+# KEYS[4] person, KEYS[5] emb, KEYS[6] imginfo, KEYS[7] model_versions
+# ARGV[3] pid, ARGV[4] image hash, ARGV[5] embedding bytes, ARGV[6] info JSON, ARGV[7] model version
+_ADD_IMAGE = _BUMP + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'no_person', ''} end
+if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 1 then
+  return {'duplicate', redis.call('HGET', KEYS[6], ARGV[4]) or ''}
+end
+redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[6], ARGV[4], ARGV[6])
+redis.call('SADD', KEYS[7], ARGV[7])
+return {'enrolled', tostring(bump(ARGV[3], 'add_image'))}
+"""
+
+# KEYS[4] person, KEYS[5] emb, KEYS[6] imginfo; ARGV[3] pid, ARGV[4] image hash
+_REMOVE_IMAGE = _BUMP + """
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
+if redis.call('HDEL', KEYS[5], ARGV[4]) == 0 then return 0 end
+redis.call('HDEL', KEYS[6], ARGV[4])
+bump(ARGV[3], 'remove_image')
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Person:
+    """One person as the API shows them; ``image_count`` counts this model version's images."""
+
+    person_id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: float
+    image_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"person_id": self.person_id, "name": self.name, "metadata": self.metadata,
+                "created_at": self.created_at, "image_count": self.image_count}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change stream."""
+
+    stream_id: bytes
+    gen: int
+    person_id: str
+    op: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Where the gallery is: followers compare this with what they have applied."""
+
+    epoch: bytes | None
+    gen: int
+
+
+class GalleryStore:
+    """Reads and atomic writes of the gallery for one model version, over one Redis connection.
+
+    The connection is passed in (never a global) so that a test, a worker and a server each
+    decide which Redis they talk to. It must return bytes (``decode_responses=False``), as
+    RQ's connections do, because embeddings are stored as raw float32.
+    """
+
+    def __init__(self, redis: Redis, model_version: str, dim: int, prefix: str = "fr",
+                 stream_maxlen: int = 100_000) -> None:
+        self.redis = redis
+        self.model_version = model_version
+        self.dim = dim
+        self.prefix = prefix
+        self.stream_maxlen = stream_maxlen
+        self._create = redis.register_script(_CREATE)
+        self._delete = redis.register_script(_DELETE)
+        self._add_image = redis.register_script(_ADD_IMAGE)
+        self._remove_image = redis.register_script(_REMOVE_IMAGE)
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def people_key(self) -> str:
+        return self._k("people")
+
+    def person_key(self, pid: str) -> str:
+        return self._k("person", pid)
+
+    def emb_key(self, pid: str) -> str:
+        return self._k("emb", self.model_version, pid)
+
+    def info_key(self, pid: str) -> str:
+        return self._k("imginfo", self.model_version, pid)
+
+    def upload_key(self, job_id: str, n: int) -> str:
+        return self._k("upload", job_id, str(n))
+
+    def job_results_key(self, job_id: str) -> str:
+        return self._k("jobresults", job_id)
+
+    @property
+    def _bump_keys(self) -> list[str]:
+        return [self._k("gen"), self._k("changes"), self._k("epoch")]
+
+    def _bump_args(self) -> list[Any]:
+        return [uuid.uuid4().hex, self.stream_maxlen]
+
+    def gallery_keys_pattern(self) -> str:
+        """Everything that makes up the gallery (not uploads, job results or metrics)."""
+        return self._k("*")
+
+    # -- people ------------------------------------------------------------------------
+
+    def create_person(self, name: Any, metadata: Any = None, person_id: Any = None) -> Person:
+        """Create a person with no images yet; ConflictError if ``person_id`` is taken."""
+        clean_name = check_name(name)
+        meta = check_metadata(metadata)
+        pid = uuid.uuid4().hex if person_id is None else check_person_id(person_id)
+        created_at = round(time.time(), 6)
+        ok = self._create(
+            keys=[*self._bump_keys, self.person_key(pid), self.people_key],
+            args=[*self._bump_args(), pid, clean_name, json.dumps(meta), repr(created_at)],
+        )
+        if not ok:
+            raise ConflictError(f"person {pid!r} already exists", person_id=pid)
+        return Person(pid, clean_name, meta, created_at, 0)
+
+    def get_person(self, person_id: str) -> Person:
+        """One person with this model version's image count; PersonNotFoundError if unknown."""
+        pid = _lookup_id(person_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.person_key(pid))
+            pipe.hlen(self.emb_key(pid))
+            fields, count = pipe.execute()
+        if not fields:
+            raise PersonNotFoundError(f"no person with id {pid!r}", person_id=pid)
+        return _person(pid, fields, count)
+
+    def exists(self, person_id: str) -> bool:
+        return bool(PERSON_ID_RE.fullmatch(str(person_id))) and bool(self.redis.exists(self.person_key(person_id)))
+
+    def count_people(self) -> int:
+        return int(self.redis.zcard(self.people_key))
+
+    def list_people(self, offset: int = 0, limit: int = 100) -> tuple[int, list[Person]]:
+        """(total, one page of people in creation order, each with its image count)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(self.people_key)
+            pipe.zrange(self.people_key, offset, offset + limit - 1)
+            total, raw_ids = pipe.execute()
+        pids = [r.decode() for r in raw_ids]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for pid in pids:
+                pipe.hgetall(self.person_key(pid))
+                pipe.hlen(self.emb_key(pid))
+            replies = pipe.execute()
+        people = [
+            _person(pid, replies[2 * i], replies[2 * i + 1])
+            for i, pid in enumerate(pids)
+            if replies[2 * i]  # deleted between the two round trips
+        ]
+        return int(total), people
+
+    def delete_person(self, person_id: str) -> None:
+        """Delete a person and their embeddings of every model version, atomically."""
+        pid = _lookup_id(person_id)
+        ok = self._delete(
+            keys=[*self._bump_keys, self.person_key(pid), self.people_key, self._k("model_versions")],
+            args=[*self._bump_args(), pid, self.prefix],
+        )
+        if not ok:
+            raise PersonNotFoundError(f"no person with id {pid!r}", person_id=pid)
+
+    # -- images ------------------------------------------------------------------------
+
+    def person_images(self, person_id: str) -> list[dict[str, Any]]:
+        """This model version's images of a person: hash plus what was recorded at enrollment."""
+        pid = _lookup_id(person_id)
+        raw = self.redis.hgetall(self.info_key(pid))
+        images = []
+        for key, value in raw.items():
+            try:
+                info = json.loads(value)
+            except ValueError:
+                info = {}
+            images.append({"image_hash": key.decode(), **info})
+        images.sort(key=lambda i: (i.get("enrolled_at", 0), i["image_hash"]))
+        return images
+
+    def has_image(self, person_id: str, image_hash: str) -> bool:
+        return bool(self.redis.hexists(self.emb_key(person_id), image_hash))
+
+    def add_image(self, person_id: str, image_hash: str, embedding: np.ndarray,
+                  info: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Store one image embedding: ``("enrolled", info)`` or ``("duplicate", existing info)``.
+
+        PersonNotFoundError if the person was deleted meanwhile (nothing is written then).
+        """
+        pid = _lookup_id(person_id)
+        check_image_hash(image_hash)
+        vec = np.asarray(embedding, dtype="<f4").reshape(-1)
+        if vec.shape[0] != self.dim or not np.all(np.isfinite(vec)):
+            raise InvalidRequestError(f"embedding must be {self.dim} finite floats")
+        status, payload = self._add_image(
+            keys=[*self._bump_keys, self.person_key(pid), self.emb_key(pid), self.info_key(pid),
+                  self._k("model_versions")],
+            args=[*self._bump_args(), pid, image_hash, vec.tobytes(), json.dumps(dict(info)), self.model_version],
+        )
+        status = status.decode()
+        if status == "no_person":
+            raise PersonNotFoundError(f"person {pid!r} no longer exists", person_id=pid)
+        if status == "duplicate":
+            try:
+                return status, json.loads(payload) if payload else {}
+            except ValueError:
+                return status, {}
+        return status, dict(info)
+
+    def remove_image(self, person_id: str, image_hash: str) -> None:
+        pid = _lookup_id(person_id)
+        if not isinstance(image_hash, str) or not IMAGE_HASH_RE.fullmatch(image_hash):
+            raise ImageNotFoundError(f"person {pid!r} has no image {image_hash!r}", person_id=pid)
+        result = self._remove_image(
+            keys=[*self._bump_keys, self.person_key(pid), self.emb_key(pid), self.info_key(pid)],
+            args=[*self._bump_args(), pid, image_hash],
+        )
+        if result == -1:
+            raise PersonNotFoundError(f"no person with id {pid!r}", person_id=pid)
+        if result == 0:
+            raise ImageNotFoundError(f"person {pid!r} has no image {image_hash!r}",
+                                     person_id=pid, image_hash=image_hash)
+
+    def embeddings(self, person_id: str) -> np.ndarray:
+        """(n, dim) float32 embeddings of this model version (n may be 0)."""
+        return self._decode_embeddings(self.redis.hgetall(self.emb_key(person_id)))
+
+    def _decode_embeddings(self, raw: Mapping[bytes, bytes]) -> np.ndarray:
+        rows = [np.frombuffer(v, dtype="<f4") for v in raw.values() if len(v) == 4 * self.dim]
+        if not rows:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack(rows).astype(np.float32)
+
+    def load_people(self, person_ids: Iterable[str], chunk: int = 500) -> dict[str, tuple[str, np.ndarray] | None]:
+        """Name and embeddings of each person (None for people that no longer exist)."""
+        pids = list(person_ids)
+        out: dict[str, tuple[str, np.ndarray] | None] = {}
+        for start in range(0, len(pids), chunk):
+            part = pids[start:start + chunk]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for pid in part:
+                    pipe.hget(self.person_key(pid), "name")
+                    pipe.hgetall(self.emb_key(pid))
+                replies = pipe.execute()
+            for i, pid in enumerate(part):
+                name, raw = replies[2 * i], replies[2 * i + 1]
+                out[pid] = None if name is None else (name.decode(), self._decode_embeddings(raw))
+        return out
+
+    def all_person_ids(self) -> list[str]:
+        return [r.decode() for r in self.redis.zrange(self.people_key, 0, -1)]
+
+    # -- change following --------------------------------------------------------------
+
+    def marker(self) -> Marker:
+        """The current (epoch, gen): one cheap round trip, done before answering a request."""
+        epoch, gen = self.redis.mget(self._k("epoch"), self._k("gen"))
+        return Marker(epoch, int(gen or 0))
+
+    def snapshot_marker(self) -> tuple[Marker, bytes]:
+        """(marker, last stream id), read atomically, taken *before* a full reload so that
+        any write racing with the reload is replayed afterwards. Names the data set first
+        (epoch) if nobody has yet, so that the first write does not look like a new data set."""
+        self.redis.set(self._k("epoch"), uuid.uuid4().hex, nx=True)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.mget(self._k("epoch"), self._k("gen"))
+            pipe.xrevrange(self._k("changes"), count=1)
+            (epoch, gen), last = pipe.execute()
+        return Marker(epoch, int(gen or 0)), (last[0][0] if last else b"0-0")
+
+    def changes_after(self, stream_id: bytes, count: int = 10_000) -> list[Change]:
+        """Change-stream entries after ``stream_id`` (exclusive), oldest first."""
+        start = b"(" + stream_id if stream_id != b"0-0" else b"-"
+        entries = self.redis.xrange(self._k("changes"), min=start, max="+", count=count)
+        out = []
+        for sid, fields in entries:
+            out.append(Change(sid, int(fields.get(b"gen", 0)), fields.get(b"person", b"").decode(),
+                              fields.get(b"op", b"").decode()))
+        return out
+
+    # -- uploads and job results -------------------------------------------------------
+
+    def put_uploads(self, job_id: str, images: list[bytes], ttl: int) -> list[str]:
+        """Park uploaded images for a job (one key each, expiring); returns their keys."""
+        keys = [self.upload_key(job_id, n) for n in range(len(images))]
+        with self.redis.pipeline(transaction=True) as pipe:
+            for key, data in zip(keys, images):
+                pipe.set(key, data, ex=ttl)
+            pipe.execute()
+        return keys
+
+    def get_upload(self, key: str) -> bytes | None:
+        return self.redis.get(key)
+
+    def drop_upload(self, key: str) -> None:
+        self.redis.delete(key)
+
+    def append_job_result(self, job_id: str, result: Mapping[str, Any], ttl: int) -> None:
+        key = self.job_results_key(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(dict(result)))
+            pipe.expire(key, ttl)
+            pipe.execute()
+
+    def job_results(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in self.redis.lrange(self.job_results_key(job_id), 0, -1)]
+
+
+def _person(pid: str, fields: Mapping[bytes, bytes], count: int) -> Person:
+    try:
+        meta = json.loads(fields.get(b"metadata", b"{}"))
+    except ValueError:
+        meta = {}
+    return Person(pid, fields.get(b"name", b"").decode(), meta,
+                  float(fields.get(b"created_at", b"0")), int(count))
+
+
+def _lookup_id(person_id: Any) -> str:
+    """An id used to look someone up: a malformed one cannot exist, so it is a 404, not a 400."""
+    if not isinstance(person_id, str) or not PERSON_ID_RE.fullmatch(person_id):
+        raise PersonNotFoundError(f"no person with id {person_id!r}", person_id=str(person_id)[:200])
+    return person_id
+
+
+def check_person_id(person_id: Any) -> str:
+    if not isinstance(person_id, str) or not PERSON_ID_RE.fullmatch(person_id):
+        raise InvalidRequestError(
+            "person_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            field="person_id",
+        )
+    return person_id
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequestError("name is required and must be a non-empty string", field="name")
+    name = name.strip()
+    if len(name) > MAX_NAME_LEN or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidRequestError(f"name must be at most {MAX_NAME_LEN} characters without control characters",
+                                  field="name")
+    return name
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidRequestError("metadata must be a JSON object", field="metadata")
+    try:
+        text = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"metadata must be plain JSON: {exc}", field="metadata") from None
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise InvalidRequestError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
+    return json.loads(text)
+
+
+def check_image_hash(image_hash: Any) -> str:
+    if not isinstance(image_hash, str) or not IMAGE_HASH_RE.fullmatch(image_hash):
+        raise InvalidRequestError("image hash must be 64 lowercase hex digits (sha256)", field="image_hash")
+    return image_hash

@@ -1,0 +1,48 @@
+"""RQ worker entry point for enrollment jobs: ``python worker.py [--burst] [QUEUE ...]``.
+
+The model is loaded once, in this process, before the first job is taken. Jobs run in
+this same process (``SimpleWorker``, no fork per job): forking a process whose torch
+already ran multi-threaded ops can deadlock the child in OpenMP, and a fresh child
+would pay the model load again for every job. Failed attempts are retried by RQ's
+scheduler (``--with-scheduler`` semantics) at the intervals of ``JOB_RETRY_INTERVALS``;
+the scheduler is a forked child that only talks to Redis, never to torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rq import SimpleWorker
+
+from recognizer.errors import FaceServiceError
+from service import jobs
+from service.app import connect_redis
+from service.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python worker.py", description=__doc__.splitlines()[0])
+    parser.add_argument("queues", nargs="*", help="queues to serve (default: ENROLL_QUEUE)")
+    parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument("--name", default=None, help="worker name (default: random)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config()
+        recognizer = jobs.build_recognizer(config)  # before any job: fail fast on a bad MODEL_PATH
+    except FaceServiceError as exc:
+        print(f"worker: {exc.message}", file=sys.stderr)
+        return 2
+    jobs.set_recognizer(recognizer)
+    logging.getLogger("worker").info("model %s loaded; torch threads %d", recognizer.version, config.torch_threads)
+    connection = connect_redis(config)
+    worker = SimpleWorker(args.queues or [config.enroll_queue], connection=connection, name=args.name,
+                          default_result_ttl=config.result_ttl)
+    worker.work(burst=args.burst, with_scheduler=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Brings the service up on this machine: installs into .venv/ if needed, uses the Redis at
+# REDIS_URL (or starts a local redis-server with deploy/redis.conf, AOF on, data in .cache/redis),
+# starts WORKERS enrollment workers in the background and the gunicorn server in the foreground.
+# Ctrl-C stops the server and the workers (a Redis this script started keeps running).
+#   PORT=8000 WORKERS=1 WEB_CONCURRENCY=2 MODEL_PATH=runs/cpu/model.pt scripts/up.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+PORT=${PORT:-8000}
+WORKERS=${WORKERS:-1}
+
+if [ -z "${MODEL_PATH:-}" ] && ! ls runs/*/model.pt >/dev/null 2>&1; then
+  cat >&2 <<'MSG'
+No model yet. Train one (the product's model, about 80-100 minutes on 2 CPU cores):
+  .venv/bin/python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu
+or, to try the plumbing in a few seconds with a useless toy model:
+  .venv/bin/python -m trainer fit --data <a small CelebA-layout or folder-per-person set> --config tiny --out runs/tiny
+or set MODEL_PATH to an existing model.pt.
+MSG
+  exit 1
+fi
+
+redis_ping() { .venv/bin/python -c "import redis,sys; redis.Redis.from_url('$REDIS_URL', socket_timeout=2).ping()" 2>/dev/null; }
+if ! redis_ping; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "No Redis answers at $REDIS_URL and redis-server is not installed." >&2
+    echo "Install it (Debian/Ubuntu: sudo apt-get install redis-server) or set REDIS_URL." >&2
+    exit 1
+  fi
+  port=$(.venv/bin/python -c "from urllib.parse import urlparse; print(urlparse('$REDIS_URL').port or 6379)")
+  mkdir -p .cache/redis
+  echo "starting redis-server on port $port (AOF in .cache/redis)"
+  redis-server deploy/redis.conf --port "$port" --bind 127.0.0.1 --dir "$PWD/.cache/redis" \
+    --daemonize yes --logfile "$PWD/.cache/redis/redis.log"
+  for _ in $(seq 50); do redis_ping && break; sleep 0.1; done
+  redis_ping || { echo "redis-server did not start: see .cache/redis/redis.log" >&2; exit 1; }
+fi
+
+mkdir -p .cache/logs
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+for i in $(seq "$WORKERS"); do
+  .venv/bin/python worker.py > ".cache/logs/worker-$i.log" 2>&1 &
+  pids+=($!)
+  echo "worker $i: pid $! (log .cache/logs/worker-$i.log)"
+done
+echo "server: http://127.0.0.1:$PORT  (console at /, API under /v1, contract at /openapi.json)"
+GUNICORN_BIND="0.0.0.0:$PORT" .venv/bin/gunicorn -c gunicorn.conf.py &
+pids+=($!)
+wait "${pids[-1]}"

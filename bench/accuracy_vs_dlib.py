@@ -130,7 +130,7 @@ def embed_both(rec: Recognizer, dl: Dlib, paths: list[Path], crop_mode: str,
     ours = rec.embed(np.stack(crops))
     seconds["ours"] += time.perf_counter() - start
     seconds["dlib_detection_fallbacks"] = fallbacks
-    return ours, np.stack(theirs).astype(np.float32), seconds
+    return ours, np.stack(theirs), seconds  # dlib: float64, distances stay exact
 
 
 def _pair_scores(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -150,7 +150,7 @@ def _scores(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def photo_pairs(rec: Recognizer, dl: Dlib, root: Path, args: argparse.Namespace) -> dict:
     with open(root / "master.csv") as fh:
-        rows = [r for r in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
     if args.quick:  # images of some positive pairs first, then every labelled pair among them
         rng = np.random.default_rng(0)
         chosen: list[str] = []

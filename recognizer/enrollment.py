@@ -1,8 +1,11 @@
 """What happens to one enrollment photo: the policy shared by the CLI and the worker.
 
-Policy for several faces: the largest face is enrolled and the result says how many were seen
-(enrollment photos are usually portraits where bystanders are small). Faces whose shorter side
-is under ``min_face_size`` pixels are refused as ``too_small``: too few pixels to trust.
+Policy for several faces: when the largest face clearly dominates (the next one's shorter side is
+under ``AMBIGUITY_RATIO`` of its own), it is enrolled and the result says how many were seen:
+enrollment photos are portraits where bystanders are small. When two faces are of similar size
+the photo is refused as ``several_faces``: guessing could enroll the wrong person, who would then
+be let through at a checkpoint. Faces whose shorter side is under ``min_face_size`` pixels are
+refused as ``too_small``: too few pixels to trust.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from .images import ImageSource
 from .recognizer import Recognizer
 
 ENROLLED, DUPLICATE, NO_FACE, TOO_SMALL, UNREADABLE = "enrolled", "duplicate", "no_face", "too_small", "unreadable"
+SEVERAL_FACES = "several_faces"
 DEFAULT_MIN_FACE_SIZE = 40
+AMBIGUITY_RATIO = 0.75
 
 
 def image_hash(data: bytes) -> str:
@@ -26,7 +31,7 @@ def image_hash(data: bytes) -> str:
 
 @dataclass
 class EnrollmentResult:
-    status: str  # enrolled | no_face | too_small | unreadable (| duplicate, set by the store)
+    status: str  # enrolled | no_face | too_small | several_faces | unreadable (| duplicate, by the store)
     image_hash: str
     faces_found: int = 0
     message: str = ""
@@ -55,6 +60,10 @@ def embed_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
     if not faces:
         return EnrollmentResult(NO_FACE, digest, message="no face found in the image")
     face = faces[0]
+    if len(faces) > 1 and faces[1].size >= AMBIGUITY_RATIO * face.size:
+        return EnrollmentResult(SEVERAL_FACES, digest, len(faces), face=face.to_dict(),
+                                message=f"{len(faces)} faces of similar size: it is not clear who to enroll; "
+                                        "use a photo where the person's face is the largest")
     if face.size < min_face_size:
         return EnrollmentResult(TOO_SMALL, digest, len(faces), face=face.to_dict(),
                                 message=f"the face is {face.size:.0f}px, under the minimum of {min_face_size}px")

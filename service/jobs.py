@@ -7,12 +7,13 @@ result TTL; 200 photos of 5 MB as arguments would make a 1 GB job hash. With key
 stays a few kilobytes, each image is read once by the worker and deleted once processed.
 
 Policy for each image: :mod:`recognizer.enrollment`, the one the CLI applies too -- the
-largest face is enrolled and ``faces_found`` says how many there were; a face whose shorter
-side is under ``MIN_ENROLL_FACE_SIZE`` is refused. The status reported per image:
+largest face is enrolled when it clearly dominates and ``faces_found`` says how many there
+were; two faces of similar size are refused (``several_faces``); a face whose shorter side is
+under ``MIN_ENROLL_FACE_SIZE`` is refused. The status reported per image:
 
 * ``enrolled`` / ``duplicate`` -- stored, or the same bytes (sha256) were already stored
   for that person (the same photo never weighs twice);
-* ``no_face``, ``too_small``, ``unreadable`` (not an image, truncated, over the limits);
+* ``no_face``, ``too_small``, ``several_faces``, ``unreadable`` (not an image, truncated, over the limits);
 * ``expired`` (the upload's TTL ran out before a worker got to it), ``person_deleted``,
   ``error`` (an unexpected failure on this image; the rest of the job goes on).
 

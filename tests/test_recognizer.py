@@ -227,3 +227,21 @@ def test_cli_enrolls_and_identifies(tiny_model, astronaut, tmp_path):
     assert ": unknown" in out.stdout
     out = run_cli("identify", "--model", str(tiny_model), "--gallery", str(tmp_path / "nope"), str(probe))
     assert out.returncode == 2 and "error:" in out.stderr
+
+
+def test_enrollment_policy_refuses_two_faces_of_similar_size(recognizer, astronaut):
+    from recognizer.enrollment import ENROLLED, NO_FACE, SEVERAL_FACES, TOO_SMALL, embed_for_enrollment
+
+    head = astronaut[20:240, 120:330]
+    pair = np.concatenate([head, head[:, ::-1]], axis=1)
+    result = embed_for_enrollment(recognizer, encode(Image.fromarray(pair)))
+    assert result.status == SEVERAL_FACES and result.faces_found == 2 and result.embedding is None
+    assert "similar size" in result.message
+    small = np.asarray(Image.fromarray(head).resize((105, 110)))
+    dominant = np.concatenate([head, np.pad(small, ((0, 110), (0, 0), (0, 0)))], axis=1)
+    result = embed_for_enrollment(recognizer, encode(Image.fromarray(dominant)))
+    assert result.status == ENROLLED and result.faces_found == 2 and "largest" in result.message
+    assert result.embedding.shape == (512,)
+    tiny = np.pad(np.asarray(Image.fromarray(head).resize((70, 74))), ((40, 40), (40, 40), (0, 0)))
+    assert embed_for_enrollment(recognizer, encode(Image.fromarray(tiny))).status == TOO_SMALL
+    assert embed_for_enrollment(recognizer, encode(Image.new("RGB", (90, 90)))).status == NO_FACE

@@ -22,9 +22,9 @@ from typing import Iterable, Literal
 import faiss
 import numpy as np
 
+from recognizer.atomic import atomic_write
 from recognizer.errors import GalleryError, InvalidRequestError, NotFoundError
 
-from ._atomic import atomic_write
 from .vectors import check_matrix
 
 Kind = Literal["auto", "flat", "ivf"]

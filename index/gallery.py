@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from recognizer.atomic import atomic_write, atomic_write_bytes
 from recognizer.errors import (
     ConflictError,
     GalleryError,
@@ -38,7 +39,6 @@ from recognizer.errors import (
     NotFoundError,
 )
 
-from ._atomic import atomic_write, atomic_write_bytes
 from .faiss_index import DEFAULT_NPROBE, Kind, VectorIndex
 from .vectors import check_matrix, cosine_to_angle_deg, l2_normalize_rows, mean_embedding
 

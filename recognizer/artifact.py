@@ -12,12 +12,12 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .errors import ModelArtifactError
 from .preprocess import AlignmentRecipe
 
@@ -71,14 +71,7 @@ class ModelArtifact:
         meta = self.metadata()
         self.version = meta["version"] = content_hash(meta, state)
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": meta, "state_dict": state}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
         return self.version
 
     @classmethod

@@ -10,7 +10,7 @@ by the detector in any photo is warped into the same frame; the model's crop is 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np

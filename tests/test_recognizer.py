@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import face_data, requires_face_data
 from PIL import Image
 
-from conftest import face_data, requires_face_data
-from recognizer import Recognizer
 from recognizer._torchvision_shim import batched_nms, nms
 from recognizer.artifact import ModelArtifact
 from recognizer.errors import BadImageError, ImageTooLargeError, ModelArtifactError

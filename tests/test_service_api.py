@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-
 from service_support import b64, encode, gallery_snapshot, head_crop, parse_prometheus
 
 ADMIN, READ = "admin-secret-1", "read-secret-1"

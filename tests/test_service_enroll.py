@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 from rq import Queue
+from service_support import altered, b64, encode, head_crop, run_worker
 
 from index import mean_embedding
-from service_support import altered, b64, encode, head_crop, run_worker
 
 
 @pytest.fixture

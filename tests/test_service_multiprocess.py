@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import free_port
 from service_support import altered, b64, encode, head_crop, run_worker
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import RedisServer
 from service_support import altered, b64, encode, gallery_snapshot, head_crop, run_worker
 

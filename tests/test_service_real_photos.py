@@ -4,9 +4,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
-
 from conftest import face_data, requires_face_data
+from PIL import Image
 from service_support import b64, encode
 
 

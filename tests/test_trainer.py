@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_face
 from PIL import Image
 
-from conftest import synthetic_face
 from recognizer import Recognizer
 from recognizer.artifact import ModelArtifact
 from trainer import metrics
@@ -18,7 +17,6 @@ from trainer.cosface import CosFaceHead
 from trainer.data import discover, make_splits
 from trainer.evaluate import evaluate_identification, evaluate_lfw, parse_lfw_pairs
 from trainer.fit import Trainer
-
 
 # ---- CosFace -------------------------------------------------------------------------------------
 

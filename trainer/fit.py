@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from recognizer.artifact import ModelArtifact
+from recognizer.atomic import atomic_write
 from recognizer.embedder import Embedder, build_backbone, embed_tensor
 from recognizer.preprocess import AlignmentRecipe, to_tensor
 
@@ -84,17 +84,6 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -117,10 +106,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax2.legend(loc="lower right", fontsize=8)
     fig.suptitle("training curves")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -269,11 +256,12 @@ class Trainer:
                              training=summary)
 
     def save_checkpoint(self, epoch: int) -> None:
-        _atomic_torch_save({
+        checkpoint = {
             "epoch": epoch, "backbone": self.model.state_dict(), "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "config": self.config.to_dict(), "splits": self.splits.to_dict(), "history": self.history,
-        }, self.out / "checkpoint.pt")
+        }
+        atomic_write(self.out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
 
     def write_artifact(self, calibrate: bool) -> ModelArtifact:
         last = self.history[-1] if self.history else {}

@@ -23,6 +23,7 @@ from .api import ops, v1
 from .auth import startup_warnings
 from .cache import GalleryCache
 from .config import ServiceConfig, load_config
+from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
 from .jobs import build_recognizer
@@ -82,6 +83,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(v1)
     app.register_blueprint(ops)
+    app.register_blueprint(console)
     _register_hooks(app, service)
     _register_error_handlers(app)
     return app

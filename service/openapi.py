@@ -67,6 +67,25 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "summary": "This document", "security": [],
             "responses": {"200": _ok("OpenAPI document", {"type": "object"})},
         }},
+        "/": {"get": {
+            "summary": "The web console: an HTML page for enrollment and attendance, a client of /v1 "
+                       "(it asks the operator for an API key and sends it like any other client)",
+            "security": [],
+            "responses": {"200": {"description": "The console page",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/console/{filename}": {
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "console.js or console.css"}],
+            "get": {
+                "summary": "The web console's script and stylesheet",
+                "security": [],
+                "responses": {"200": {"description": "The file",
+                                      "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                  "text/css": {"schema": {"type": "string"}}}},
+                              "404": _err("No such file")},
+            },
+        },
         "/v1/identify": {"post": {
             "summary": "Who is in this photo? Every face with its top-k people and a decision",
             "security": read,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadImageError, ImageTooLargeError
 
@@ -81,7 +81,9 @@ def decode_bytes(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from exc
-    except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
+    except UnidentifiedImageError as exc:
+        raise BadImageError("not a readable image: the data is in no image format we know") from exc
+    except Exception as exc:  # PIL raises many types (OSError for truncation, SyntaxError, ...)
         raise BadImageError(f"not a readable image: {exc}") from exc
     try:
         img = ImageOps.exif_transpose(img)

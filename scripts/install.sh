@@ -25,7 +25,7 @@ else
 fi
 "${pip[@]}" --no-deps facenet-pytorch==2.6.0
 "${pip[@]}" -r requirements.txt
-.venv/bin/python -c "import torch, faiss, facenet_pytorch, flask, rq" 2>/dev/null || {
+.venv/bin/python -c "import torch, faiss, flask, rq; from recognizer._torchvision_shim import import_facenet_pytorch; import_facenet_pytorch()" || {
   echo "install check failed: a core package does not import" >&2; exit 1; }
 echo "$want" > .venv/.install-stamp
 echo "installed: $(du -sh .venv | cut -f1) in .venv/"

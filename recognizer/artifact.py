@@ -26,6 +26,19 @@ FORMAT_VERSION = 1
 ARCHITECTURE = "InceptionResnetV1"
 
 
+HOW_TO_MAKE_A_MODEL = (
+    "Train one with `python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu` "
+    "(about 100 minutes on 2 cores; `--config tiny` makes a useless but working model in seconds for a "
+    "smoke test), or point MODEL_PATH / --model at an existing model.pt."
+)
+
+
+def newest_model(runs_dir: Path) -> Path | None:
+    """The most recently written ``runs/*/model.pt`` (training rewrites it atomically each epoch)."""
+    candidates = [p for p in Path(runs_dir).glob("*/model.pt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
 def content_hash(metadata: dict, state_dict: dict[str, torch.Tensor]) -> str:
     """Short sha256 over the weights and the metadata (minus ``version`` itself)."""
     digest = hashlib.sha256()
@@ -79,10 +92,7 @@ class ModelArtifact:
         """Read and verify a model file; any problem is a :class:`ModelArtifactError`."""
         path = Path(path)
         if not path.is_file():
-            raise ModelArtifactError(
-                f"model file not found: {path}. Train one with `python -m trainer fit` "
-                "(the `cpu` config takes about 100 minutes on 2 cores; `tiny` takes seconds)."
-            )
+            raise ModelArtifactError(f"model file not found: {path}. {HOW_TO_MAKE_A_MODEL}")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:

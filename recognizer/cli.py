@@ -11,26 +11,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .artifact import HOW_TO_MAKE_A_MODEL, newest_model
 from .errors import FaceServiceError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def newest_model(root: Path = PROJECT_ROOT) -> Path | None:
-    """The most recently written ``runs/*/model.pt`` of this checkout, if any."""
-    candidates = sorted((root / "runs").glob("*/model.pt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
-
-
 def resolve_model(path: str | None) -> Path:
     if path:
         return Path(path)
-    found = newest_model()
+    found = newest_model(PROJECT_ROOT / "runs")
     if found is None:
-        raise FaceServiceError(
-            "no model given and none found under runs/. Train one: `python -m trainer fit --data "
-            "../shared/data/celeba1k --config cpu --out runs/cpu` (about 100 minutes on 2 cores; "
-            "`--config tiny` makes a toy model in seconds)")
+        raise FaceServiceError(f"no model given and none found under runs/. {HOW_TO_MAKE_A_MODEL}")
     return found
 
 

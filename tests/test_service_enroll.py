@@ -204,12 +204,15 @@ def test_job_is_enqueued_with_retry_and_result_ttl(client, redis_db, face_jpeg):
     assert 0 < redis_db.ttl(job.kwargs["spec"]["items"][0]["upload"]) <= 24 * 3600
 
 
-def test_a_retried_job_skips_what_it_already_did(client, redis_server, redis_db, face_jpeg, monkeypatch):
+def test_a_retried_job_skips_what_it_already_did(service_app_factory, redis_server, redis_db, face_jpeg, monkeypatch):
     """A Redis error half-way fails the attempt; the retry finishes the rest without
-    reporting its own earlier work as a duplicate."""
+    reporting its own earlier work as a duplicate. (Chunks of one image, so the first
+    attempt records the first image before the outage.)"""
     import redis as redis_lib
 
     from service import store as store_module
+
+    client = service_app_factory(ENROLL_EMBED_BATCH=1).test_client()
 
     response = client.post("/v1/enroll", json={"name": "Flaky", "images": [b64(face_jpeg), b64(b"junk")]}).json
     original = store_module.GalleryStore.get_upload
@@ -232,3 +235,37 @@ def test_a_retried_job_skips_what_it_already_did(client, redis_server, redis_db,
     assert view["status"] == "finished", view
     assert [r["status"] for r in view["results"]] == ["enrolled", "unreadable"]
     assert view["retries_left"] == 2
+    assert calls["n"] == 3, "the retry read only the upload it had not finished"
+
+
+def test_a_job_embeds_its_faces_in_chunks(service_app_factory, redis_server, face_jpeg, astronaut, monkeypatch):
+    """ENROLL_EMBED_BATCH faces go through the model together; results, order and progress
+    are what one-at-a-time enrollment gives."""
+    from recognizer import Recognizer
+
+    client = service_app_factory(ENROLL_EMBED_BATCH=3).test_client()
+    faces = [encode(head_crop(astronaut), quality=q) for q in (95, 90, 85, 80, 75)]  # 5 distinct files
+    blank = encode(np.full((120, 120, 3), 200, np.uint8))
+    images = [faces[0], faces[1], blank, faces[2], faces[3], faces[4], faces[0]]
+    batch_sizes: list[int] = []
+    real_embed = Recognizer.embed
+
+    def counting_embed(self, crops):
+        batch_sizes.append(len(crops))
+        return real_embed(self, crops)
+
+    monkeypatch.setattr(Recognizer, "embed", counting_embed)
+    job_id = client.post("/v1/enroll", json={"name": "Chunked", "images": [b64(i) for i in images]}).json["job_id"]
+    assert run_worker(redis_server.client())
+    view = client.get(f"/v1/jobs/{job_id}").json
+    assert view["status"] == "finished" and view["progress"] == {"done": 7, "total": 7}
+    assert [r["status"] for r in view["results"]] == ["enrolled", "enrolled", "no_face", "enrolled",
+                                                      "enrolled", "enrolled", "duplicate"]
+    assert [r["index"] for r in view["results"]] == list(range(7))
+    # chunks [0,1,2] [3,4,5] [6]: 2 faces, then 3, and the duplicate needs no model
+    assert batch_sizes == [2, 3], batch_sizes
+    pid = view["results"][0]["person_id"]
+    person = client.get(f"/v1/people/{pid}").json
+    assert person["image_count"] == 5
+    stored = {i["image_hash"] for i in person["images"]}
+    assert stored == {r["image_hash"] for r in view["results"] if r["status"] == "enrolled"}

@@ -47,7 +47,7 @@ DLIB_DEFAULT_DISTANCE = 0.6  # face_recognition.compare_faces' tolerance
 class Dlib:
     """face_recognition's pipeline: HOG detector, 5-point landmarks, ResNet embedding."""
 
-    def __init__(self, use_cache: bool = True) -> None:
+    def __init__(self, use_cache: bool = True, cache_writer: str = "") -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
             try:
@@ -58,7 +58,7 @@ class Dlib:
                                  "pip install -r bench/requirements.txt") from None
         self.fr = face_recognition
         self.version = f"dlib {dlib.__version__}, face_recognition {metadata.version('face_recognition')}"
-        self.cache = DlibCache(self.version, enabled=use_cache)
+        self.cache = DlibCache(self.version, enabled=use_cache, writer=cache_writer)
 
     def embed_at(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """Embedding of the face in ``box`` = (x0, y0, x1, y1)."""
@@ -85,16 +85,17 @@ class DlibCache:
     ``--dlib-cache-only`` fills it ahead of time (before our model exists). A key names the
     file (path, size, mtime) and how dlib was given the face, so a changed file or box misses."""
 
-    def __init__(self, version: str, enabled: bool = True) -> None:
+    def __init__(self, version: str, enabled: bool = True, writer: str = "") -> None:
         tag = "".join(c if c.isalnum() else "-" for c in version)
-        self.path = common.cache_dir() / f"dlib-embeddings-{tag}.pkl"
+        # every process writes its own file (``writer``) and reads them all, so shards can fill it together
+        self.path = common.cache_dir() / f"dlib-embeddings-{tag}{writer}.pkl"
         self.enabled = enabled
         self.hits = self.misses = 0
         self._new = 0
         self.table: dict[str, np.ndarray] = {}
-        if enabled and self.path.is_file():
-            with open(self.path, "rb") as fh:
-                self.table = pickle.load(fh)
+        for path in sorted(common.cache_dir().glob(f"dlib-embeddings-{tag}*.pkl")) if enabled else []:
+            with open(path, "rb") as fh:
+                self.table.update(pickle.load(fh))
 
     @staticmethod
     def key(path: Path, how: str) -> str:
@@ -199,16 +200,18 @@ def embed_both(rec: Recognizer | None, dl: Dlib, paths: list[Path], crop_mode: s
     return ours, np.stack(theirs), seconds  # dlib: float64, distances stay exact
 
 
-def fill_dlib_cache(dl: Dlib, data: Path) -> dict:
+def fill_dlib_cache(dl: Dlib, data: Path, shard: int = 0, shards: int = 1) -> dict:
     """dlib's embeddings of every image (a) and (c) can ask for, before our model exists: the
     celeba_ir crops, and every celeba1k frame with the default recipe's crop box (which split a
-    model run makes is not known yet; the open-set identities are ~5% extra work)."""
+    model run makes is not known yet; the open-set identities are ~5% extra work). Shard k of n
+    takes every n-th image from k: n one-thread processes fill it n times faster."""
     from trainer.data import discover
 
     ir = data / "celeba_ir"
     paths = sorted((ir / "celebA_query").iterdir()) + sorted((ir / "celebA_distractors").iterdir())
+    paths = paths[shard::shards]
     _, emb, sec_a = embed_both(None, dl, paths, "crop")
-    frames = [Path(p) for p in discover(data / "celeba1k").paths]
+    frames = [Path(p) for p in discover(data / "celeba1k").paths][shard::shards]
     _, emb_c, sec_c = embed_both(None, dl, frames, "frame", box=AlignmentRecipe().crop_box)
     return {"celeba_ir_images": len(paths), "celeba1k_images": len(frames),
             "dlib_seconds": sec_a["dlib"] + sec_c["dlib"], "cache": str(dl.cache.path)}
@@ -440,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="recompute dlib's embeddings instead of reading them from $BENCH_CACHE")
     p.add_argument("--dlib-cache-only", action="store_true",
                    help="only fill the dlib embedding cache for (a) and (c) (needs no model of ours), then exit")
+    p.add_argument("--shard", default="0/1", help="with --dlib-cache-only: K/N, this process's share (run N at once)")
     args = p.parse_args(argv)
     q = args.quick
     args.ir_queries, args.ir_distractors, args.pair_images = 50, 50, 8  # quick only
@@ -451,9 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if args.dlib_cache_only:
         common.set_threads(args.threads)
-        dl = Dlib()
-        print(f"filling {dl.cache.path} ({len(dl.cache.table)} embeddings there)")
-        print(fill_dlib_cache(dl, data))
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        dl = Dlib(cache_writer=f"-shard{shard}of{shards}" if shards > 1 else "")
+        print(f"filling {dl.cache.path} ({len(dl.cache.table)} embeddings cached already)")
+        print(fill_dlib_cache(dl, data, shard, shards))
         return 0
     if not Path(args.model).is_file():
         raise SystemExit(f"no model at {args.model}: train one (python -m trainer fit) or pass --model")

@@ -1,15 +1,16 @@
 """Enrollment through the queue, end to end, against the model's own batched throughput.
 
 Why: bulk enrollment (``POST /v1/enroll`` -> RQ job -> ``worker.py``) parks every upload in Redis,
-and a worker embeds one image at a time with Redis writes in between; this measures what that
-costs against the best the model can do on the same images, and whether a second worker helps.
+and a worker detects each image, embeds the accepted faces ``ENROLL_EMBED_BATCH`` (16) at a time
+and writes to Redis in between; this measures what that costs against the best the model can do
+on the same images, and whether a second worker helps.
 
 1. A private redis-server, gunicorn (``gunicorn.conf.py``) and ``python worker.py`` processes
    (``TORCH_THREADS=1`` each), all on loopback.
 2. In-process first (before any worker loads a model), with one torch thread: the same CelebA
    images decoded, detected (largest face), aligned and embedded in batches of ``--batch``
-   (images/s per batch: median, p95), and one image at a time with the workers' own policy
-   (``embed_for_enrollment``), to separate the batching gain from the queue's overhead.
+   (images/s per batch: median, p95), and one image at a time (``embed_for_enrollment``, what
+   the synchronous ``POST /v1/people/<id>/images`` runs), to show what batching is worth.
 3. With 1, then 2 workers: the images are posted as one ``POST /v1/enroll`` per person (a new
    person per CelebA identity, at most ``--per-job`` images each) and timed from the first
    submit to the last job's ``ended_at``: images/s, and the ratio to the in-process numbers.
@@ -51,7 +52,7 @@ def pick_jobs(args: argparse.Namespace) -> list[tuple[str, list[Path]]]:
 
 def in_process(rec: Any, data: list[bytes], batch: int, min_face: int) -> dict[str, Any]:
     """Images/s of decode + detect + align + embed, embedding ``batch`` faces at a time (the
-    model's ceiling), and of the workers' per-image path (``embed_for_enrollment``)."""
+    model's ceiling), and of the one-photo path (``embed_for_enrollment``)."""
     from recognizer.enrollment import embed_for_enrollment
 
     rec.embed(rec.align(rec.load(data[0]), rec.detector.detect(rec.load(data[0]))))  # warm-up
@@ -124,7 +125,7 @@ def tables(res: dict) -> str:
     m = res["model"]
     rows = [[f"model in-process, batches of {m['batch']}", 1, common.num(m["images_per_s"], 1),
              f"{common.num(m['images_per_s_per_batch']['p95'], 1)} (p95 of batches)", "1.00x", ""],
-            ["model in-process, one image at a time (worker path)", 1, common.num(m["one_at_a_time_images_per_s"], 1),
+            ["model in-process, one image at a time (sync enroll path)", 1, common.num(m["one_at_a_time_images_per_s"], 1),
              "", common.ratio(m["one_at_a_time_images_per_s"], m["images_per_s"]), ""]]
     for st in res["stages"]:
         rows.append(["queue: POST /v1/enroll -> jobs finished", st["workers"], common.num(st["images_per_s"], 1),

@@ -32,7 +32,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
     from .enrollment import ENROLLED, embed_for_enrollment
 
-    recognizer = Recognizer(resolve_model(args.model), threads=args.threads)
+    recognizer = Recognizer(resolve_model(args.model), threads=args.threads, detect_max_side=args.detect_max_side)
     gallery = Gallery.open_or_create(args.gallery, recognizer.version, recognizer.dim)
     existing = gallery.find_by_name(args.name)
     person_id = existing[0].person_id if existing else gallery.add_person(args.name)
@@ -63,7 +63,7 @@ def _identify(args: argparse.Namespace) -> int:
     from index import Gallery, decide
     from recognizer import Recognizer
 
-    recognizer = Recognizer(resolve_model(args.model), threads=args.threads)
+    recognizer = Recognizer(resolve_model(args.model), threads=args.threads, detect_max_side=args.detect_max_side)
     gallery = Gallery.load(args.gallery, recognizer.version)
     threshold = recognizer.threshold if args.threshold is None else args.threshold
     for path in args.images:
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default=None, help="model.pt (default: newest runs/*/model.pt)")
         p.add_argument("--gallery", required=True, help="gallery directory")
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--detect-max-side", type=int, default=1600,
+                       help="look for faces on a copy of larger photos shrunk to this side (0: full size)")
         if name == "enroll":
             p.add_argument("--min-face-size", type=int, default=40)
             p.add_argument("name", help="the person's display name (an existing name adds images)")

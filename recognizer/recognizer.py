@@ -34,7 +34,7 @@ class Recognizer:
     def __init__(self, model: str | os.PathLike | ModelArtifact, device: str = "cpu",
                  threads: int | None = None, min_face_size: int = 20, min_probability: float = 0.9,
                  flip_average: bool | None = None, max_image_bytes: int | None = 20 * 1024 * 1024,
-                 max_image_pixels: int | None = 40_000_000) -> None:
+                 max_image_pixels: int | None = 40_000_000, detect_max_side: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.artifact = model if isinstance(model, ModelArtifact) else ModelArtifact.load(model)
@@ -44,7 +44,8 @@ class Recognizer:
         self.dim = self.artifact.embedding_size
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
-        self.detector = FaceDetector(min_face_size=min_face_size, min_probability=min_probability, device=device)
+        self.detector = FaceDetector(min_face_size=min_face_size, min_probability=min_probability, device=device,
+                                     max_side=detect_max_side)
         self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average)
 
     def load(self, source: ImageSource) -> np.ndarray:

@@ -65,6 +65,7 @@ def build_recognizer(config: ServiceConfig) -> Recognizer:
         config.resolved_model_path(),
         threads=config.torch_threads,
         min_face_size=config.min_face_size,
+        detect_max_side=config.detect_max_side,
         min_probability=config.min_detection_probability,
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,

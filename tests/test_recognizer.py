@@ -158,6 +158,26 @@ def test_detects_the_astronaut(recognizer, astronaut):
     assert recognizer.detect(np.full((200, 200, 3), 127, np.uint8)) == []
 
 
+def test_large_images_are_searched_shrunk_and_answered_in_their_own_pixels(recognizer, astronaut):
+    """DETECT_MAX_SIDE: a 4x upscaled astronaut searched at 512 px gives the original's face,
+    4x larger, in the large image's coordinates; a small image is not touched."""
+    import cv2
+
+    from recognizer.detector import FaceDetector
+
+    big = cv2.resize(astronaut, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 2048x2048
+    shrinking = FaceDetector(max_side=512)
+    [reference] = recognizer.detect(astronaut)
+    [found] = shrinking.detect(big)
+    assert np.allclose(found.box, np.array(reference.box) * 4, atol=4 * 3)
+    assert np.allclose(found.landmarks, np.array(reference.landmarks) * 4, atol=4 * 3)
+    assert found.probability > 0.99
+    [same] = shrinking.detect(astronaut)  # 512 px already: searched as is
+    assert same == reference
+    crops = recognizer.align(big, [found])  # aligned from the full-resolution pixels
+    assert crops.shape[1:3] == tuple(recognizer.recipe.input_size)
+
+
 @requires_face_data
 def test_detects_every_face_in_real_group_photos(recognizer):
     photos = face_data() / "photos"

@@ -37,8 +37,10 @@ def test_config_from_env_and_overrides():
     assert cfg.admin_api_keys == ("a1",) and cfg.read_api_keys == ("r1", "r2") and not cfg.open_mode
     assert cfg.redis_url == ServiceConfig.redis_url
     assert load_config({"TESTING": True}, environ={}).extra == {"TESTING": True}
+    assert load_config(environ={}).detect_max_side == 1600 and load_config({"DETECT_MAX_SIDE": "0"}, environ={}).detect_max_side == 0
     for bad in ({"MAX_K": "lots"}, {"DEFAULT_K": 0}, {"DEFAULT_K": 9, "MAX_K": 5}, {"MIN_DETECTION_PROBABILITY": 2},
-                {"REDIS_KEY_PREFIX": "a:b"}, {"ADMIN_API_KEYS": "k", "READ_API_KEYS": "k"}, {"MAX_K": 2.5}):
+                {"REDIS_KEY_PREFIX": "a:b"}, {"ADMIN_API_KEYS": "k", "READ_API_KEYS": "k"}, {"MAX_K": 2.5},
+                {"DETECT_MAX_SIDE": -1}, {"DETECT_MAX_SIDE": 50}, {"ENROLL_EMBED_BATCH": 0}):
         with pytest.raises(ConfigError):
             load_config(bad, environ={})
 

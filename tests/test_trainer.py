@@ -16,7 +16,7 @@ from trainer.configs import get_config
 from trainer.cosface import CosFaceHead
 from trainer.data import discover, make_splits
 from trainer.evaluate import evaluate_identification, evaluate_lfw, parse_lfw_pairs
-from trainer.fit import Trainer
+from trainer.fit import Trainer, random_erase
 
 # ---- CosFace -------------------------------------------------------------------------------------
 
@@ -41,6 +41,20 @@ def test_cosface_margin_only_on_target_and_scaled():
 
 
 # ---- metrics on inputs with known answers --------------------------------------------------------
+
+def test_random_erase_erases_one_rectangle_in_the_asked_share_of_samples():
+    batch = torch.zeros(2000, 3, 24, 20)
+    out = random_erase(batch, torch.Generator().manual_seed(0), p=0.3, area=(0.05, 0.25))
+    erased = (out != 0).any(1)  # N x H x W
+    share = erased.float().mean((1, 2))
+    hit = share > 0
+    assert 0.26 < hit.float().mean().item() < 0.34
+    assert share[hit].min() >= 0.02 and share[hit].max() <= 0.30  # pixel rounding around 0.05 .. 0.25
+    for mask in erased[hit][:50]:  # one solid rectangle: rows and columns touched form a full block
+        rows, cols = mask.any(1), mask.any(0)
+        assert mask.sum() == rows.sum() * cols.sum()
+    assert torch.equal(random_erase(batch, torch.Generator().manual_seed(0), p=0.0), batch)
+
 
 def test_tpr_at_fpr_and_auc_known_answers():
     neg = np.arange(1000) / 1000.0  # 0.000 .. 0.999

@@ -27,6 +27,7 @@ class TrainConfig:
     gallery_per_identity: int = 5  # training images per identity in the per-epoch closed-set gallery
     limit_identities: int | None = None
     augment: bool = True
+    random_erase: float = 0.0  # probability of erasing one random rectangle of a training image
     seed: int = 0
     workers_threads: int | None = None
 

@@ -59,6 +59,30 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return batch * contrast + brightness
 
 
+def random_erase(batch: torch.Tensor, generator: torch.Generator, p: float,
+                 area: tuple[float, float] = (0.02, 0.2), aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al., 2017): with probability ``p`` a sample gets one rectangle
+    of ``area`` (share of the image) and ``aspect`` filled with noise, a stand-in for the
+    hands, scarves and glasses of real photos; it also keeps a small training set from being
+    memorised by its easiest pixels."""
+    n, _, h, w = batch.shape
+    rand = lambda *shape: torch.rand(*shape, generator=generator).to(batch.device)  # noqa: E731
+    target = (area[0] + rand(n) * (area[1] - area[0])) * h * w
+    log_ratio = torch.log(torch.tensor(aspect[0])) + rand(n) * (torch.log(torch.tensor(aspect[1] / aspect[0])))
+    ratio = torch.exp(log_ratio).to(batch.device)
+    eh = torch.sqrt(target * ratio).clamp(1, h)
+    ew = torch.sqrt(target / ratio).clamp(1, w)
+    y0 = rand(n) * (h - eh)
+    x0 = rand(n) * (w - ew)
+    ys = torch.arange(h, device=batch.device)[None, :, None]
+    xs = torch.arange(w, device=batch.device)[None, None, :]
+    inside = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
+              & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]))
+    inside &= (rand(n) < p)[:, None, None]
+    noise = torch.randn(batch.shape, generator=generator).to(batch.device, batch.dtype)
+    return torch.where(inside[:, None], noise, batch)
+
+
 @torch.inference_mode()
 def embed_crops(model: torch.nn.Module, crops: np.ndarray, recipe: AlignmentRecipe, config: TrainConfig,
                 device: torch.device, batch_size: int = 256) -> np.ndarray:
@@ -198,6 +222,8 @@ class Trainer:
             targets = torch.from_numpy(self.train_targets[sel]).to(device)
             if config.augment:
                 batch = augment(batch, generator)
+            if config.random_erase > 0:
+                batch = random_erase(batch, generator, config.random_erase)
             if config.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(config.precision, device):

@@ -12,7 +12,7 @@ from PIL import Image
 from recognizer import Recognizer
 from recognizer.artifact import ModelArtifact
 from trainer import metrics
-from trainer.configs import get_config
+from trainer.configs import get_config, parse_overrides
 from trainer.cosface import CosFaceHead
 from trainer.data import discover, make_splits
 from trainer.evaluate import evaluate_identification, evaluate_lfw, parse_lfw_pairs
@@ -54,6 +54,16 @@ def test_random_erase_erases_one_rectangle_in_the_asked_share_of_samples():
         rows, cols = mask.any(1), mask.any(0)
         assert mask.sum() == rows.sum() * cols.sum()
     assert torch.equal(random_erase(batch, torch.Generator().manual_seed(0), p=0.0), batch)
+
+
+def test_config_overrides_are_typed_and_checked():
+    got = parse_overrides(["random_erase=0.5", "epochs=8", "input_size=112,96", "augment=false", "precision=fp32"])
+    assert got == {"random_erase": 0.5, "epochs": 8, "input_size": (112, 96), "augment": False, "precision": "fp32"}
+    assert get_config("cpu", **got).input_size == (112, 96)
+    for bad, says in (("nope=1", "FIELD one of"), ("epochs=x", "not a valid int"), ("random_erase", "FIELD=VALUE"),
+                      ("augment=maybe", "not a valid bool")):
+        with pytest.raises(ValueError, match=says):
+            parse_overrides([bad])
 
 
 def test_tpr_at_fpr_and_auc_known_answers():

@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     fit.add_argument("--epochs", type=int, default=None, help="override the config's epoch count")
+    fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override any config field, e.g. --set random_erase=0.5 (repeatable; for ablations)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--cache", default=".cache", help="where decoded crops are cached ('' for none)")
     fit.add_argument("--device", default=None)
@@ -36,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "fit":
-        from .configs import get_config
+        from .configs import get_config, parse_overrides
         from .fit import Trainer
 
         name = args.config or ("gpu" if torch.cuda.is_available() else "cpu")
-        config = get_config(name, epochs=args.epochs)
+        try:
+            config = get_config(name, epochs=args.epochs, **parse_overrides(args.set))
+        except (KeyError, ValueError) as exc:
+            print(f"python -m trainer fit: {exc.args[0]}", file=sys.stderr)
+            return 2
         Trainer(args.data, config, args.out, resume=args.resume, cache_dir=args.cache or None,
                 device=args.device).fit()
         return 0

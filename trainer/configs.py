@@ -1,6 +1,7 @@
 """Named training configurations. Pick one with ``--config``; override epochs with ``--epochs``."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, replace
 
 
@@ -53,6 +54,36 @@ CONFIGS: dict[str, TrainConfig] = {
     "gpu": TrainConfig(name="gpu", input_size=(128, 112), epochs=60, batch_size=256, lr=0.2,
                        precision="amp", warmup_epochs=2.0),
 }
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["random_erase=0.5", "epochs=8"]`` -> typed overrides of :class:`TrainConfig` fields;
+    an unknown field or a value of the wrong type raises ``ValueError`` naming it."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or name not in fields or name == "name":
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(n for n in fields if n != 'name')}")
+        kind = str(fields[name].type)
+        try:
+            if kind == "bool":
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                out[name] = raw.lower() in ("true", "1")
+            elif kind.startswith("tuple"):
+                out[name] = tuple(int(v) for v in raw.split(","))
+            elif kind.startswith("int"):
+                out[name] = None if raw.lower() == "none" and "None" in kind else int(raw)
+            elif kind == "float":
+                out[name] = float(raw)
+            else:
+                out[name] = raw
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {raw!r} is not a valid {kind}") from None
+    return out
 
 
 def get_config(name: str, **overrides) -> TrainConfig:

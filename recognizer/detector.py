@@ -39,9 +39,10 @@ class FaceDetector:
     ``max_side``: an image whose longer side is larger is searched on a copy shrunk to that
     side, and the boxes and landmarks are scaled back to the image's own pixels (alignment
     then crops from the full-resolution image). MTCNN's image pyramid makes its cost grow with
-    the pixel count: a 14-megapixel phone photo took 3.9 s on one core against 0.28 s at 1600
-    px, with the same faces found. The price: faces under ``min_face_size`` x (longer side /
-    ``max_side``) pixels are not looked for. ``None`` searches every image at full size.
+    the pixel count: a 14-megapixel phone photo took 3.9 s on one thread (beside a training run)
+    against 0.28 s at 1600 px, with the same faces found. The price: faces under
+    ``min_face_size`` x (longer side / ``max_side``) pixels are not looked for. ``None``
+    searches every image at full size.
     """
 
     def __init__(self, min_face_size: int = 20, min_probability: float = 0.9, device: str = "cpu",

@@ -90,7 +90,7 @@ class DlibCache:
         # every process writes its own file (``writer``) and reads them all, so shards can fill it together
         self.path = common.cache_dir() / f"dlib-embeddings-{tag}{writer}.pkl"
         self.enabled = enabled
-        self.hits = self.misses = 0
+        self.hits = 0
         self._new = 0
         self.table: dict[str, np.ndarray] = {}
         for path in sorted(common.cache_dir().glob(f"dlib-embeddings-{tag}*.pkl")) if enabled else []:
@@ -105,7 +105,6 @@ class DlibCache:
     def get(self, key: str) -> np.ndarray | None:
         vec = self.table.get(key) if self.enabled else None
         self.hits += vec is not None
-        self.misses += vec is None
         return vec
 
     def put(self, key: str, vec: np.ndarray) -> None:
@@ -196,7 +195,7 @@ def embed_both(rec: Recognizer | None, dl: Dlib, paths: list[Path], crop_mode: s
         seconds["ours"] += time.perf_counter() - start
     seconds["dlib_detection_fallbacks"] = fallbacks
     seconds["dlib_from_cache"] = dl.cache.hits
-    dl.cache.hits = dl.cache.misses = 0
+    dl.cache.hits = 0
     return ours, np.stack(theirs), seconds  # dlib: float64, distances stay exact
 
 
@@ -210,9 +209,9 @@ def fill_dlib_cache(dl: Dlib, data: Path, shard: int = 0, shards: int = 1) -> di
     ir = data / "celeba_ir"
     paths = sorted((ir / "celebA_query").iterdir()) + sorted((ir / "celebA_distractors").iterdir())
     paths = paths[shard::shards]
-    _, emb, sec_a = embed_both(None, dl, paths, "crop")
+    sec_a = embed_both(None, dl, paths, "crop")[2]
     frames = [Path(p) for p in discover(data / "celeba1k").paths][shard::shards]
-    _, emb_c, sec_c = embed_both(None, dl, frames, "frame", box=AlignmentRecipe().crop_box)
+    sec_c = embed_both(None, dl, frames, "frame", box=AlignmentRecipe().crop_box)[2]
     return {"celeba_ir_images": len(paths), "celeba1k_images": len(frames),
             "dlib_seconds": sec_a["dlib"] + sec_c["dlib"], "cache": str(dl.cache.path)}
 
@@ -308,7 +307,6 @@ def closed_set(rec: Recognizer, dl: Dlib, celeba: Path, args: argparse.Namespace
     ours, theirs, seconds = embed_both(rec, dl, [split.dataset.paths[i] for i in idx], "frame", box=box,
                                        dlib_detect=args.dlib_locate == "detect")
     fallbacks = seconds.pop("dlib_detection_fallbacks")
-    seconds.pop("dlib_from_cache")
     gl, pl = labels[idx[:ng]], labels[idx[ng:]]
     out: dict = {"identities": len(classes), "gallery_images": ng, "probes": len(probes),
                  "split_check": split.describe(), "split_mismatches": split.mismatches,
@@ -483,12 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ({key}) {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     curves = {f"{sec} {who}": res[sec].pop(f"_roc_{who}") for sec in ("celeba_ir", "pairs") if sec in res
               for who in ("ours", "dlib")}
-    print()
-    print(tables(res))
     png = plot(curves, args) if curves else None
-    path = common.write_json("accuracy_vs_dlib", args, res)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; wrote {path}" + (f" and {png}" if png else ""))
-    return 0
+    return common.finish("accuracy_vs_dlib", args, res, tables(res), start, [png])
 
 
 if __name__ == "__main__":

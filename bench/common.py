@@ -160,6 +160,17 @@ def write_json(name: str, args: argparse.Namespace, payload: dict[str, Any]) -> 
     return path
 
 
+def finish(name: str, args: argparse.Namespace, payload: dict[str, Any], text: str, start: float,
+           also_wrote: Sequence[Path | None] = ()) -> int:
+    """The end of every benchmark: print its tables, write the JSON, say how long it took."""
+    print()
+    print(text)
+    path = write_json(name, args, payload)
+    wrote = " and ".join(str(p) for p in (path, *also_wrote) if p)
+    print(f"\ndone in {time.perf_counter() - start:.0f} s; wrote {wrote}")
+    return 0
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)

@@ -186,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             stage = {"workers": n, **submit_and_wait(base, jobs, args.timeout)}
             res["stages"].append(stage)
             print(f"  {n} worker(s): {stage['images_per_s']:.1f} images/s ({stage['image_statuses']})", flush=True)
-    print()
-    print(tables(res))
-    path = common.write_json("enroll_queue", args, res)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; wrote {path}")
-    return 0
+    return common.finish("enroll_queue", args, res, tables(res), start)
 
 
 if __name__ == "__main__":

@@ -267,13 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     args.single_repeats, args.batch_repeats = (100, 16) if args.quick else (300, 40)
     start = time.perf_counter()
     result = run(args)
-    print()
-    print(table(result))
-    print(f"\nvectors: {result['source']}; top-1 id = the query's own person ranked first")
     png = plot(result, args)
-    path = common.write_json("gallery_scale", args, result)
-    print(f"\n{len(result['rows'])} rows in {time.perf_counter() - start:.0f} s; wrote {path} and {png}")
-    return 0
+    text = f"{table(result)}\n\nvectors: {result['source']}; top-1 id = the query's own person ranked first"
+    return common.finish("gallery_scale", args, result, text, start, [png])
 
 
 if __name__ == "__main__":

@@ -354,11 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         res["batching_potential"] = (batching_potential(res["summary"][0], res["batch_sweep"], res["loads"],
                                                         args.web_concurrency) if res["summary"] else [])
         res["model_version"] = rec.version
-    print()
-    print(tables(res))
-    path = common.write_json("http_identify", args, res)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; wrote {path}")
-    return 0
+    return common.finish("http_identify", args, res, tables(res), start)
 
 
 if __name__ == "__main__":

@@ -144,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args.identities = 20 if args.quick else None
     start = time.perf_counter()
     result = run(args)
-    print()
-    print(tables(result))
-    path = common.write_json("training_speed", args, result)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s; wrote {path}")
-    return 0
+    return common.finish("training_speed", args, result, tables(result), start)
 
 
 if __name__ == "__main__":

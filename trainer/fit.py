@@ -68,8 +68,7 @@ def random_erase(batch: torch.Tensor, generator: torch.Generator, p: float,
     n, _, h, w = batch.shape
     rand = lambda *shape: torch.rand(*shape, generator=generator).to(batch.device)  # noqa: E731
     target = (area[0] + rand(n) * (area[1] - area[0])) * h * w
-    log_ratio = torch.log(torch.tensor(aspect[0])) + rand(n) * (torch.log(torch.tensor(aspect[1] / aspect[0])))
-    ratio = torch.exp(log_ratio).to(batch.device)
+    ratio = torch.exp(math.log(aspect[0]) + rand(n) * math.log(aspect[1] / aspect[0]))
     eh = torch.sqrt(target * ratio).clamp(1, h)
     ew = torch.sqrt(target / ratio).clamp(1, w)
     y0 = rand(n) * (h - eh)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from trainer.configs import get_config
-from trainer.fit import Trainer, autocast
+from trainer.fit import Trainer
+from trainer.precision import autocast
 
 from . import common
 from .datasets import make_synthetic_celeba
@@ -59,7 +60,7 @@ def raw_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
     trainer.head.train()
 
     def step() -> None:
-        with autocast(config.precision, device):
+        with autocast(trainer.precision, device):
             embeddings = trainer.model(batch)
         loss, cosines = trainer.head(embeddings.float(), targets)
         trainer.optimizer.zero_grad(set_to_none=True)

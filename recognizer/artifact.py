@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -26,17 +27,21 @@ FORMAT_VERSION = 1
 ARCHITECTURE = "InceptionResnetV1"
 
 
+# The release model, trained by our trainer and kept in the repository (models/README.md is its
+# card): a fresh clone recognises people with no training run.
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "facerec.pt"
+
 HOW_TO_MAKE_A_MODEL = (
-    "Train one with `python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu` "
-    "(about 100 minutes on 2 cores; `--config tiny` makes a useless but working model in seconds for a "
-    "smoke test), or point MODEL_PATH / --model at an existing model.pt."
+    f"The release model ships as {SHIPPED_MODEL.relative_to(SHIPPED_MODEL.parent.parent)}; to use a model of "
+    "your own, train it (`python -m trainer fit ... --out runs/NAME`, see models/README.md) and set "
+    "MODEL_PATH=runs/NAME/model.pt (CLI: --model)."
 )
 
 
-def newest_model(runs_dir: Path) -> Path | None:
-    """The most recently written ``runs/*/model.pt`` (training rewrites it atomically each epoch)."""
-    candidates = [p for p in Path(runs_dir).glob("*/model.pt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+def default_model_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """``MODEL_PATH`` when set, else the shipped release model. A run in ``runs/`` is never
+    picked up silently: a half-trained epoch there would change every answer without a word."""
+    return Path(environ["MODEL_PATH"]) if environ.get("MODEL_PATH") else SHIPPED_MODEL
 
 
 def content_hash(metadata: dict, state_dict: dict[str, torch.Tensor]) -> str:

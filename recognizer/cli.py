@@ -11,19 +11,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .artifact import HOW_TO_MAKE_A_MODEL, newest_model
+from .artifact import default_model_path
 from .errors import FaceServiceError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolve_model(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    found = newest_model(PROJECT_ROOT / "runs")
-    if found is None:
-        raise FaceServiceError(f"no model given and none found under runs/. {HOW_TO_MAKE_A_MODEL}")
-    return found
+    """``--model``, else ``MODEL_PATH``, else the shipped release model."""
+    return Path(path) if path else default_model_path()
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("enroll", "identify"):
         p = sub.add_parser(name)
-        p.add_argument("--model", default=None, help="model.pt (default: newest runs/*/model.pt)")
+        p.add_argument("--model", default=None, help="model.pt (default: MODEL_PATH, else the shipped models/facerec.pt)")
         p.add_argument("--gallery", required=True, help="gallery directory")
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--detect-max-side", type=int, default=1600,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .artifact import ModelArtifact
+from .artifact import ModelArtifact, default_model_path
 from .detector import DetectedFace, FaceDetector
 from .embedder import Embedder
 from .images import ImageSource, load_image
@@ -31,12 +31,14 @@ class Recognizer:
     that only needs resizing (e.g. the ``celeba_ir`` crops).
     """
 
-    def __init__(self, model: str | os.PathLike | ModelArtifact, device: str = "cpu",
+    def __init__(self, model: str | os.PathLike | ModelArtifact | None = None, device: str = "cpu",
                  threads: int | None = None, min_face_size: int = 20, min_probability: float = 0.9,
                  flip_average: bool | None = None, max_image_bytes: int | None = 20 * 1024 * 1024,
                  max_image_pixels: int | None = 40_000_000, detect_max_side: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
+        if model is None:  # MODEL_PATH, else the shipped release model
+            model = default_model_path()
         self.artifact = model if isinstance(model, ModelArtifact) else ModelArtifact.load(model)
         self.recipe = self.artifact.recipe
         self.version = self.artifact.version

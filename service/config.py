@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from recognizer.artifact import HOW_TO_MAKE_A_MODEL, newest_model
+from recognizer.artifact import HOW_TO_MAKE_A_MODEL, SHIPPED_MODEL
 from recognizer.errors import ModelArtifactError
 
 from .errors import ConfigError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 
 @dataclass(frozen=True)
@@ -27,7 +24,7 @@ class ServiceConfig:
     """All settings of the server and the worker (names = environment variables, lower-cased)."""
 
     redis_url: str = "redis://localhost:6379/0"
-    model_path: str = ""  # empty: the newest runs/*/model.pt of the project
+    model_path: str = ""  # empty: the shipped release model, models/facerec.pt
     admin_api_keys: tuple[str, ...] = ()  # enroll, create, delete (and everything read keys allow)
     read_api_keys: tuple[str, ...] = ()  # identify, verify, list, jobs
     redis_key_prefix: str = "fr"
@@ -60,19 +57,12 @@ class ServiceConfig:
         return not self.admin_api_keys and not self.read_api_keys
 
     def resolved_model_path(self) -> Path:
-        """The model to load; raises ModelArtifactError with instructions when there is none."""
-        if self.model_path:
-            path = Path(self.model_path)
-            if not path.is_file():
-                raise ModelArtifactError(f"MODEL_PATH={self.model_path} does not exist. {HOW_TO_MAKE_A_MODEL}")
-            return path
-        found = newest_model(PROJECT_ROOT / "runs")
-        if found is None:
-            raise ModelArtifactError(
-                f"no model: MODEL_PATH is not set and there is no runs/*/model.pt under {PROJECT_ROOT}. "
-                + HOW_TO_MAKE_A_MODEL
-            )
-        return found
+        """MODEL_PATH, else the shipped release model; raises ModelArtifactError with
+        instructions when the file is missing."""
+        path = Path(self.model_path) if self.model_path else SHIPPED_MODEL
+        if not path.is_file():
+            raise ModelArtifactError(f"model file not found: {path}. {HOW_TO_MAKE_A_MODEL}")
+        return path
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name != "extra"}

@@ -1,17 +1,16 @@
 """Configuration, the change-following cache and the shipped deployment files; no model needed."""
 from __future__ import annotations
 
-import os
-import time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recognizer.artifact import SHIPPED_MODEL, default_model_path
 from recognizer.errors import ConflictError, InvalidRequestError, ModelArtifactError
 from service.cache import GalleryCache
-from service.config import ServiceConfig, load_config, newest_model
+from service.config import ServiceConfig, load_config
 from service.errors import ConfigError, PersonNotFoundError
 from service.store import GalleryStore
 
@@ -45,19 +44,12 @@ def test_config_from_env_and_overrides():
             load_config(bad, environ={})
 
 
-def test_model_path_default_and_missing_model(tmp_path, monkeypatch):
-    for name, age in (("old", 100), ("new", 10)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.pt").write_bytes(b"x")
-        os.utime(tmp_path / name / "model.pt", (time.time() - age, time.time() - age))
-    assert newest_model(tmp_path) == tmp_path / "new" / "model.pt"
-    assert newest_model(tmp_path / "nothing") is None
-
-    with pytest.raises(ModelArtifactError, match="python -m trainer fit .* --config cpu"):
+def test_model_path_default_is_the_shipped_model_and_a_missing_one_says_how(tmp_path):
+    assert load_config({}, environ={}).resolved_model_path() == SHIPPED_MODEL  # never a runs/ epoch by chance
+    assert default_model_path({}) == SHIPPED_MODEL
+    assert default_model_path({"MODEL_PATH": "runs/x/model.pt"}) == Path("runs/x/model.pt")
+    with pytest.raises(ModelArtifactError, match="MODEL_PATH=runs/NAME/model.pt"):
         load_config({"MODEL_PATH": str(tmp_path / "missing.pt")}, environ={}).resolved_model_path()
-    monkeypatch.setattr("service.config.PROJECT_ROOT", tmp_path / "empty")
-    with pytest.raises(ModelArtifactError, match="--config tiny"):
-        load_config({}, environ={}).resolved_model_path()
 
     from service.app import create_app
 

@@ -17,6 +17,7 @@ from trainer.cosface import CosFaceHead
 from trainer.data import discover, make_splits
 from trainer.evaluate import evaluate_identification, evaluate_lfw, parse_lfw_pairs
 from trainer.fit import Trainer, random_erase
+from trainer.precision import resolve_precision
 
 # ---- CosFace -------------------------------------------------------------------------------------
 
@@ -154,16 +155,61 @@ def test_tiny_fit_learns_and_writes_everything(tiny_model):
     assert "FAR" in artifact.training["threshold_source"]
 
 
-def test_resume_continues_where_it_stopped(synthetic_celeba, tmp_path):
-    config = get_config("tiny", epochs=1)
-    Trainer(synthetic_celeba, config, tmp_path, cache_dir=None).fit()
-    first = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=2), tmp_path, resume=True, cache_dir=None)
+def test_resume_is_exact(synthetic_celeba, tmp_path):
+    """Stopped after epoch 1 and resumed == never stopped: same weights, same metrics. Training
+    that spans sessions depends on it (dropout draws from torch's global RNG)."""
+    config = get_config("tiny", epochs=2, dropout=0.5)
+    Trainer(synthetic_celeba, config, tmp_path / "whole", cache_dir=None).fit()
+    assert Trainer(synthetic_celeba, config, tmp_path / "split", cache_dir=None).fit(until=1) is None
+    torch.manual_seed(12345)  # whatever ran in between must not matter
+    trainer = Trainer(synthetic_celeba, config, tmp_path / "split", resume=True, cache_dir=None)
     assert trainer.start_epoch == 2
     trainer.fit()
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert lines[0] == first[0] and json.loads(lines[1])["epoch"] == 2
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    split = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in split] == [1, 2]
+    for a, b in zip(whole, split):
+        for key in ("loss", "train_accuracy", "closed_top1", "open_roc_auc"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    wa = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["backbone"]
+    wb = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["backbone"]
+    for name in wa:
+        assert torch.allclose(wa[name].float(), wb[name].float(), atol=1e-6), name
+
+
+def test_extra_sources_train_only_with_labels_of_their_own(synthetic_celeba, tmp_path):
+    """An extra source adds training identities (never the split's), each under its own label,
+    and drops identities with fewer than ``extra_min_images`` images."""
+    extra = tmp_path / "extra"  # the CelebA layout `trainer prepare` writes
+    (extra / "img_align_celeba").mkdir(parents=True)
+    rows = []
+    for person, count in ((201, 3), (202, 2), (203, 1)):
+        for n in range(count):
+            synthetic_face(person, n).save(extra / "img_align_celeba" / f"{person}_{n}.jpg")
+            rows.append(f"{person}_{n}.jpg {person}\n")
+    (extra / "identity_CelebA.txt").write_text("".join(rows))
+    config = get_config("tiny", epochs=1)
+    base = Trainer(synthetic_celeba, config, tmp_path / "base", cache_dir=None)
+    both = Trainer(synthetic_celeba, config, tmp_path / "both", cache_dir=None, extra_dirs=[extra])
+    added = len(both.splits.train) - len(base.splits.train)
+    summary = both.extra_summary[0]
+    assert added == summary["images"] == 5 and summary["identities"] == 2
+    assert summary["dropped_under_2_images"] == 1
+    assert np.array_equal(both.splits.closed_val, base.splits.closed_val)
+    assert np.array_equal(both.splits.open_set, base.splits.open_set)
+    new_labels = set(both.labels[both.splits.train[-added:]].tolist())
+    assert new_labels.isdisjoint(both.labels[: len(base.labels)].tolist())
+    assert len(both.class_index) == len(base.class_index) + len(new_labels)
+    assert both.gallery_idx.max() < len(base.labels)  # closed-set evaluation stays on the main source
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, {"avx2", "avx512f", "avx512_bf16"})[0] == "bf16"
+    assert resolve_precision("auto", cpu, {"avx2", "amx_bf16"})[0] == "bf16"
+    precision, why = resolve_precision("auto", cpu, {"avx2", "fma", "avx512f"})
+    assert precision == "fp32" and "emulated" in why
+    assert resolve_precision("bf16", cpu, {"avx2"})[0] == "bf16"  # an explicit choice is kept
 
 
 def test_evaluate_lfw_and_identification_on_synthetic_sets(tiny_model, tmp_path):
@@ -181,3 +227,37 @@ def test_evaluate_lfw_and_identification_on_synthetic_sets(tiny_model, tmp_path)
     ident = evaluate_identification(recognizer, root, crop_mode="frame", enrolled_share=0.75)
     assert ident["enrolled_people"] == 3 and ident["stranger_people"] == 1
     assert 0.0 <= ident["top1"] <= ident["top5"] <= 1.0 and "fnir" in ident["open_set"]
+
+
+def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should_not(
+        tiny_model, synthetic_celeba, tmp_path):
+    """`trainer release` end to end on the tiny model and a synthetic celeba_ir layout."""
+    from trainer.release import MIN_AGREEMENT, half_precision, release
+
+    ir = tmp_path / "celeba_ir"
+    (ir / "celebA_query").mkdir(parents=True)
+    (ir / "celebA_distractors").mkdir()
+    rows = ["img,id"]
+    for ident in (301, 302, 303):
+        for n in range(3):
+            synthetic_face(ident, n).crop((45, 77, 128, 177)).save(ir / "celebA_query" / f"{ident}_{n}.jpg")
+            rows.append(f"{ident}_{n}.jpg,{ident}")
+    for ident in range(400, 410):
+        synthetic_face(ident, 0).crop((45, 77, 128, 177)).save(ir / "celebA_distractors" / f"{ident}.jpg")
+    (ir / "celebA_anno_query.csv").write_text("\n".join(rows) + "\n")
+
+    report = release(tiny_model, tmp_path / "models", ir, synthetic_celeba, cache_dir=None, cpu="test CPU")
+    shipped = ModelArtifact.load(tmp_path / "models" / "facerec.pt")
+    source = ModelArtifact.load(tiny_model)
+    assert shipped.version == report["version"] != source.version
+    assert shipped.training["released_from"] == source.version
+    assert all(t.dtype == torch.float16 for n, t in shipped.state_dict.items()
+               if t.is_floating_point() and not n.endswith(("running_mean", "running_var")))
+    assert (tmp_path / "models" / "facerec.pt").stat().st_size < 0.6 * tiny_model.stat().st_size
+    assert report["agreement"]["min_cosine"] >= MIN_AGREEMENT
+    assert report["celeba_ir"]["queries"] == 9 and "tpr@fpr=0.01" in report["celeba_ir"]
+    assert set(report["conditions"]) and "closed_set" in report["split"]
+    card = (tmp_path / "models" / "README.md").read_text()
+    assert report["version"] in card and "{{" not in card and source.training["machine"]["cpu"] in card
+    assert json.loads((tmp_path / "models" / "card.json").read_text())["version"] == report["version"]
+    assert half_precision(source).threshold == source.threshold

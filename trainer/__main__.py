@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -12,16 +13,39 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model and write RUN_DIR/model.pt")
-    fit.add_argument("--data", required=True, help="CelebA layout or root/<person>/<image>")
+    fit.add_argument("--data", required=True, help="CelebA layout or root/<person>/<image>; the split comes from it")
+    fit.add_argument("--extra", action="append", default=[], metavar="DIR",
+                     help="another source, training-only (e.g. a `trainer prepare` output); repeatable")
     fit.add_argument("--config", default=None, help="tiny | cpu | gpu (default: gpu with CUDA, else cpu)")
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     fit.add_argument("--epochs", type=int, default=None, help="override the config's epoch count")
+    fit.add_argument("--until", type=int, default=None, metavar="N",
+                     help="stop after epoch N (the schedule still spans --epochs); continue later with --resume")
     fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override any config field, e.g. --set random_erase=0.5 (repeatable; for ablations)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--cache", default=".cache", help="where decoded crops are cached ('' for none)")
     fit.add_argument("--device", default=None)
+
+    prep = sub.add_parser("prepare", help="fetched CelebA images + labels -> the CelebA layout the loader reads")
+    prep.add_argument("--source", required=True, help="folder holding the fetched images")
+    prep.add_argument("--labels", required=True, help="<file> <identity> per line (celeba_extra/labels_*.txt)")
+    prep.add_argument("--kind", required=True, choices=["crops", "half-res"])
+    prep.add_argument("--out", required=True, help="output folder, outside the repository")
+    prep.add_argument("--exclude", default=None, help="identities never to train on (celeba_extra/excluded_ids.txt)")
+    prep.add_argument("--shard", default="0/1", help="K/N: this process does every N-th image from K")
+    prep.add_argument("--threads", type=int, default=None)
+
+    rel = sub.add_parser("release", help="a run's model.pt -> models/facerec.pt (fp16), measured, with its model card")
+    rel.add_argument("--model", required=True, help="the run's model.pt (fp32)")
+    rel.add_argument("--celeba-ir", required=True, help="celeba_ir folder (the card's open-set numbers)")
+    rel.add_argument("--celeba1k", default=None, help="the training set, for closed-set and open-set on the run's split")
+    rel.add_argument("--photos", default=None, help="photos/ with master.csv (a regression figure for the tests)")
+    rel.add_argument("--out", default="models", help="release folder (default: models/)")
+    rel.add_argument("--cpu", default=None, help="the CPU it was trained on, when the model does not record it")
+    rel.add_argument("--force", action="store_true", help="release even if fp16 disagrees with fp32")
+    rel.add_argument("--threads", type=int, default=None)
 
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
@@ -35,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--threads", type=int, default=None)
 
     args = parser.parse_args(argv)
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command == "fit":
         from .configs import get_config, parse_overrides
@@ -48,7 +72,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m trainer fit: {exc.args[0]}", file=sys.stderr)
             return 2
         Trainer(args.data, config, args.out, resume=args.resume, cache_dir=args.cache or None,
-                device=args.device).fit()
+                device=args.device, extra_dirs=args.extra).fit(until=args.until)
+        return 0
+    if args.command == "prepare":
+        from .prepare import prepare
+
+        k, n = (int(v) for v in args.shard.split("/"))
+        print(prepare(args.source, args.labels, args.kind, args.out, args.exclude, (k, n)))
+        return 0
+    if args.command == "release":
+        from pathlib import Path
+
+        from .release import release
+
+        report = release(Path(args.model), Path(args.out), Path(args.celeba_ir),
+                         Path(args.celeba1k) if args.celeba1k else None, force=args.force, cpu=args.cpu,
+                         photos=Path(args.photos) if args.photos else None)
+        print(json.dumps({k: report[k] for k in ("version", "file_bytes", "agreement", "celeba_ir")}, indent=1,
+                         default=float))
         return 0
     from .evaluate import run_evaluation
 

@@ -21,7 +21,9 @@ class TrainConfig:
     margin: float = 0.35
     margin_warmup_epochs: float = 2.0
     dropout: float = 0.2
-    precision: str = "bf16"  # "fp32" | "bf16" (CPU autocast) | "amp" (CUDA fp16/bf16)
+    # "auto": bf16 autocast where the CPU has native bf16, else fp32 (trainer/precision.py);
+    # "fp32" | "bf16" (CPU autocast) | "amp" (CUDA fp16/bf16) force one.
+    precision: str = "auto"
     channels_last: bool = True
     open_identities: int = 50  # identities held out entirely (open-set validation, threshold)
     val_per_identity: int = 2  # images held out of each training identity (closed-set)
@@ -31,6 +33,7 @@ class TrainConfig:
     # Probability of erasing one random rectangle of a training image. Off: at 0.5 with the cpu
     # config's 16 epochs, held-out top-1 fell from 0.840 to 0.797 (it learns slower; see BENCHMARKS).
     random_erase: float = 0.0
+    extra_min_images: int = 2  # extra sources: identities with fewer images are left out
     seed: int = 0
     workers_threads: int | None = None
 

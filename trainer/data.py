@@ -112,6 +112,18 @@ def make_splits(labels: np.ndarray, open_identities: int, val_per_identity: int,
     return Splits(np.sort(train), np.sort(val), np.sort(open_set))
 
 
+def closed_set_gallery(labels: np.ndarray, train: np.ndarray, per_identity: int, seed: int) -> np.ndarray:
+    """Up to ``per_identity`` training images of each training identity: the gallery that
+    closed-set top-1 is measured against (held-out images of the same people are the probes).
+    Seeded, so the trainer's per-epoch numbers and a release's are on the same gallery."""
+    rng = np.random.default_rng(seed)
+    train_labels = labels[train]
+    gallery: list[int] = []
+    for c in np.unique(train_labels):
+        gallery.extend(rng.permutation(train[train_labels == c])[:per_identity].tolist())
+    return np.sort(np.array(gallery, dtype=np.int64))
+
+
 def _crop_one(path: Path, layout: str, recipe: AlignmentRecipe, detector) -> np.ndarray | None:
     image = load_image(path)
     if layout == "celeba":
@@ -152,3 +164,38 @@ def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.Pa
         np.savez(tmp, crops=crops, ok=ok)
         os.replace(tmp, cache)
     return crops, ok
+
+
+def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, extra_dirs: list[Path],
+                      recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None,
+                      min_images: int) -> tuple[np.ndarray, np.ndarray, Splits, list[dict]]:
+    """Append training-only sources after the main one. Every extra identity gets a label of its
+    own, distinct from every other source's (the same CelebA id in two sources stays two labels:
+    the sources are declared disjoint, and a merge would only hide a mistake). Identities with
+    fewer than ``min_images`` images are left out (CosFace cannot learn a class from one image).
+    The split (held-out identities and images) stays that of the main source."""
+    summary = []
+    next_label = int(labels.max()) + 1 if len(labels) else 0
+    parts_crops, parts_labels, train = [crops], [labels], [splits.train]
+    offset = len(labels)
+    for directory in extra_dirs:
+        dataset = discover(directory)
+        extra_crops, ok = load_crops(dataset, recipe, cache_dir)
+        extra_labels = dataset.labels[ok]
+        extra_crops = extra_crops[ok]
+        classes, counts = np.unique(extra_labels, return_counts=True)
+        keep = np.isin(extra_labels, classes[counts >= min_images])
+        extra_crops, extra_labels = extra_crops[keep], extra_labels[keep]
+        _, extra_labels = np.unique(extra_labels, return_inverse=True)
+        parts_crops.append(extra_crops)
+        parts_labels.append(extra_labels + next_label)
+        train.append(np.arange(offset, offset + len(extra_labels)))
+        summary.append({"data": str(directory), "images": int(len(extra_labels)),
+                        "identities": int(len(np.unique(extra_labels))), "no_face": int((~ok).sum()),
+                        f"dropped_under_{min_images}_images": int((~keep).sum())})
+        next_label += int(extra_labels.max()) + 1 if len(extra_labels) else 0
+        offset += len(extra_labels)
+    if not extra_dirs:
+        return crops, labels, splits, summary
+    return (np.concatenate(parts_crops), np.concatenate(parts_labels),
+            Splits(np.concatenate(train), splits.closed_val, splits.open_set), summary)

@@ -5,12 +5,13 @@ and the serving artifact ``model.pt``, so an interrupted run still leaves a usab
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,19 +26,10 @@ from recognizer.preprocess import AlignmentRecipe, to_tensor
 from . import metrics
 from .configs import TrainConfig
 from .cosface import CosFaceHead
-from .data import Splits, discover, load_crops, make_splits
+from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits
+from .precision import autocast, cpu_name, resolve_precision
 
 THRESHOLD_FAR = 1e-3
-
-
-def autocast(precision: str, device: torch.device):
-    """The mixed-precision context for this config (a no-op for fp32)."""
-    if precision == "bf16" and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if precision in ("amp", "bf16") and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -84,7 +76,7 @@ def random_erase(batch: torch.Tensor, generator: torch.Generator, p: float,
 
 @torch.inference_mode()
 def embed_crops(model: torch.nn.Module, crops: np.ndarray, recipe: AlignmentRecipe, config: TrainConfig,
-                device: torch.device, batch_size: int = 256) -> np.ndarray:
+                device: torch.device, precision: str, batch_size: int = 256) -> np.ndarray:
     """Flip-averaged embeddings of cached crops, in the training precision (for per-epoch eval)."""
     model.eval()
     out = []
@@ -92,9 +84,33 @@ def embed_crops(model: torch.nn.Module, crops: np.ndarray, recipe: AlignmentReci
         batch = to_tensor(crops[start:start + batch_size], recipe).to(device)
         if config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast(config.precision, device):
+        with autocast(precision, device):
             out.append(embed_tensor(model, batch, flip_average=True).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 512), np.float32)
+
+
+def rng_state() -> dict:
+    """Every global RNG a step draws from (dropout uses torch's), for an exact resume; the
+    data order and augmentation come from a generator seeded per epoch."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def warn_if_slowed(history: list[dict], ratio: float = 0.5) -> None:
+    """Say so when an epoch ran far slower than the first: on 2 cores another busy process
+    (or thread barriers spinning against it) slowed steps 30-60x in one measured case."""
+    first, last = history[0].get("images_per_second"), history[-1].get("images_per_second")
+    if first and last and last < ratio * first:
+        print(f"WARNING: epoch {history[-1]['epoch']} trained at {last:.0f} images/s, under {ratio:.0%} of "
+              f"the first epoch's {first:.0f}: is another process busy on these cores?", flush=True)
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -138,7 +154,8 @@ class Trainer:
 
     def __init__(self, data_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike,
                  resume: bool = False, cache_dir: str | os.PathLike | None = ".cache",
-                 device: str | None = None, threads: int | None = None) -> None:
+                 device: str | None = None, threads: int | None = None,
+                 extra_dirs: Sequence[str | os.PathLike] = ()) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -153,8 +170,10 @@ class Trainer:
             saved = TrainConfig.from_dict(checkpoint["config"])
             config = TrainConfig.from_dict({**saved.to_dict(), "epochs": config.epochs})
         self.config = config
+        self.precision, self.precision_reason = resolve_precision(config.precision, self.device)
         self.recipe = AlignmentRecipe(input_size=config.input_size)
         self.data_dir = Path(data_dir)
+        self.extra_dirs = [Path(d) for d in extra_dirs]
         dataset = discover(data_dir, config.limit_identities)
         crops, ok = load_crops(dataset, self.recipe, cache_dir)
         self.crops = crops[ok]
@@ -162,6 +181,9 @@ class Trainer:
         self.skipped = int((~ok).sum())
         self.splits = (Splits.from_dict(checkpoint["splits"]) if checkpoint else
                        make_splits(labels, config.open_identities, config.val_per_identity, config.seed))
+        self.main_splits = self.splits  # what a resume rebuilds from; extra sources are appended anew
+        self.crops, labels, self.splits, self.extra_summary = add_extra_sources(
+            self.crops, labels, self.splits, self.extra_dirs, self.recipe, cache_dir, config.extra_min_images)
         self.labels = labels
         train_classes = np.unique(labels[self.splits.train])
         self.class_index = {int(c): i for i, c in enumerate(train_classes)}
@@ -186,18 +208,17 @@ class Trainer:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.start_epoch = int(checkpoint["epoch"]) + 1
             self.history = list(checkpoint.get("history", []))
-        rng = np.random.default_rng(config.seed + 1)
-        gallery = []
-        train_labels = labels[self.splits.train]
-        for c in train_classes:
-            idx = self.splits.train[train_labels == c]
-            gallery.extend(rng.permutation(idx)[: config.gallery_per_identity].tolist())
-        self.gallery_idx = np.sort(np.array(gallery, dtype=np.int64))
+            if "rng" in checkpoint:
+                set_rng_state(checkpoint["rng"])
+        # closed-set evaluation stays on the main source, as in every earlier run
+        self.gallery_idx = closed_set_gallery(labels, self.main_splits.train, config.gallery_per_identity,
+                                              config.seed + 1)
         (self.out / "splits.json").write_text(json.dumps({
             "data": str(self.data_dir), "layout": dataset.layout, "images": len(dataset.paths),
+            "extra_sources": self.extra_summary,
             "skipped_no_face": self.skipped, "identities": int(len(np.unique(labels))),
             "train_identities": int(len(train_classes)),
-            **{k: len(v) for k, v in self.splits.to_dict().items()},
+            **{k: len(v) for k, v in self.main_splits.to_dict().items()},
             "open_set_labels": sorted({int(x) for x in labels[self.splits.open_set]}),
         }, indent=1))
 
@@ -225,7 +246,7 @@ class Trainer:
                 batch = random_erase(batch, generator, config.random_erase)
             if config.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(config.precision, device):
+            with autocast(self.precision, device):
                 embeddings = self.model(batch)
             loss, cosines = self.head(embeddings.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
@@ -248,12 +269,15 @@ class Trainer:
         result: dict = {}
         sp = self.splits
         if len(sp.closed_val):
-            gal = embed_crops(self.model, self.crops[self.gallery_idx], self.recipe, self.config, self.device)
-            qry = embed_crops(self.model, self.crops[sp.closed_val], self.recipe, self.config, self.device)
+            gal = embed_crops(self.model, self.crops[self.gallery_idx], self.recipe, self.config, self.device,
+                              self.precision)
+            qry = embed_crops(self.model, self.crops[sp.closed_val], self.recipe, self.config, self.device,
+                              self.precision)
             acc = metrics.closed_set_accuracy(gal, self.labels[self.gallery_idx], qry, self.labels[sp.closed_val])
             result.update({f"closed_{k}": v for k, v in acc.items()})
         if len(sp.open_set) > 1:
-            emb = embed_crops(self.model, self.crops[sp.open_set], self.recipe, self.config, self.device)
+            emb = embed_crops(self.model, self.crops[sp.open_set], self.recipe, self.config, self.device,
+                              self.precision)
             pos, neg = metrics.all_pairs(emb, self.labels[sp.open_set])
             if len(pos) and len(neg):
                 rep = metrics.verification_report(pos, neg)
@@ -284,13 +308,17 @@ class Trainer:
         checkpoint = {
             "epoch": epoch, "backbone": self.model.state_dict(), "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "config": self.config.to_dict(), "splits": self.splits.to_dict(), "history": self.history,
+            "config": self.config.to_dict(), "splits": self.main_splits.to_dict(), "history": self.history,
+            "extra_sources": [str(d) for d in self.extra_dirs], "rng": rng_state(),
         }
         atomic_write(self.out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
 
     def write_artifact(self, calibrate: bool) -> ModelArtifact:
         last = self.history[-1] if self.history else {}
         summary = {"config": self.config.to_dict(), "data": str(self.data_dir), "epochs_done": len(self.history),
+                   "extra_sources": self.extra_summary,
+                   "machine": {"cpu": cpu_name(), "precision": self.precision, "why": self.precision_reason,
+                               "threads": torch.get_num_threads()},
                    "train_images": int(len(self.splits.train)),
                    "train_identities": int(len(self.class_index)),
                    "wall_seconds": float(sum(h.get("train_seconds", 0) + h.get("eval_seconds", 0) for h in self.history)),
@@ -307,22 +335,31 @@ class Trainer:
         artifact.save(self.out / "model.pt")
         return artifact
 
-    def fit(self) -> ModelArtifact:
+    def fit(self, until: int | None = None) -> ModelArtifact | None:
+        """Train to the config's last epoch, or stop after epoch ``until`` (a time-boxed session;
+        ``resume=True`` later continues exactly where it stopped). Returns the final artifact,
+        or None when stopped early (each epoch's ``model.pt`` is still written)."""
         config = self.config
+        last_epoch = min(config.epochs, until) if until else config.epochs
         print(f"training {config.name}: {len(self.splits.train)} images of {len(self.class_index)} identities, "
               f"{len(self.splits.closed_val)} closed-set and {len(self.splits.open_set)} open-set images, "
-              f"input {config.input_size}, {config.precision}, device {self.device}, "
+              f"input {config.input_size}, device {self.device}, "
+              f"precision {self.precision} ({self.precision_reason}), "
               f"epochs {self.start_epoch}..{config.epochs}", flush=True)
         artifact = None
-        for epoch in range(self.start_epoch, config.epochs + 1):
+        for epoch in range(self.start_epoch, last_epoch + 1):
             row = {"epoch": epoch, **self.train_epoch(epoch), **self.evaluate()}
             self.history.append(row)
+            warn_if_slowed(self.history)
             with open(self.out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
             self.save_checkpoint(epoch)
             plot_curves(self.history, self.out / "curves.png")
             artifact = self.write_artifact(calibrate=epoch == config.epochs)
+        if last_epoch < config.epochs:
+            print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume", flush=True)
+            return None
         if artifact is None:  # resumed a finished run: just rewrite the artifact
             artifact = self.write_artifact(calibrate=True)
         print(f"model {artifact.version} written to {self.out / 'model.pt'} "

@@ -1,0 +1,121 @@
+"""The shipped release model on real faces: the card's figures hold, names come back right,
+strangers come back unknown. Real-face tests skip without FACE_DATA; the file checks run always."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import face_data, requires_face_data
+from service_support import b64
+
+from recognizer.artifact import SHIPPED_MODEL, ModelArtifact
+
+CARD = SHIPPED_MODEL.parent / "card.json"
+TPR_TOLERANCE = 0.02  # the subset's TPR may move this much (threads, BLAS) before a test calls it broken
+ACCURACY_TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads(CARD.read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from recognizer import Recognizer
+
+    return Recognizer()  # no argument: MODEL_PATH, else the shipped model
+
+
+def test_the_shipped_model_is_the_carded_one_and_small(card, monkeypatch):
+    monkeypatch.delenv("MODEL_PATH", raising=False)
+    artifact = ModelArtifact.load(SHIPPED_MODEL)
+    assert artifact.version == card["version"]
+    assert SHIPPED_MODEL.stat().st_size == card["file_bytes"] < 50 * 2**20
+    assert artifact.training["weights_dtype"] == "float16"
+    assert 0.0 < artifact.threshold < 1.0 and "FAR" in artifact.training["threshold_source"]
+    readme = (SHIPPED_MODEL.parent / "README.md").read_text()
+    assert card["version"] in readme and "{{" not in readme  # the card was rendered from this release
+
+
+@requires_face_data
+def test_celeba_ir_subset_holds_the_card_figure(shipped, card):
+    """Guards preprocessing and alignment: a change in what the model sees moves this first."""
+    from trainer.release import regression_subset
+
+    got = regression_subset(shipped, face_data() / "celeba_ir")
+    want = card["regression"]["celeba_ir_subset"]
+    assert got["queries"] == want["queries"] and got["distractors"] == want["distractors"]
+    assert got["tpr@fpr=0.01"] >= want["tpr@fpr=0.01"] - TPR_TOLERANCE, (got, want)
+    assert got["fpr_at_threshold"] <= max(0.01, 2 * want["fpr_at_threshold"]), (got, want)
+
+
+@requires_face_data
+def test_photo_pairs_accuracy_at_the_shipped_threshold(shipped, card):
+    from trainer.release import photo_pairs
+
+    got = photo_pairs(shipped, face_data() / "photos")
+    want = card["regression"]["photo_pairs"]
+    assert got["pairs"] == want["pairs"]
+    assert got["accuracy_at_threshold"] >= want["accuracy_at_threshold"] - ACCURACY_TOLERANCE, (got, want)
+
+
+def _held_out_people(count: int) -> list[list]:
+    """Frames of people never trained on: the split's held-out celeba1k identities."""
+    from trainer.data import discover, make_splits
+
+    config = ModelArtifact.load(SHIPPED_MODEL).training["config"]
+    dataset = discover(face_data() / "celeba1k")
+    labels = dataset.labels
+    splits = make_splits(labels, config["open_identities"], config["val_per_identity"], config["seed"])
+    people = []
+    for label in np.unique(labels[splits.open_set]):
+        paths = [dataset.paths[i] for i in splits.open_set if labels[i] == label]
+        if len(paths) >= 6:
+            people.append(paths)
+        if len(people) == count:
+            break
+    return people
+
+
+@pytest.fixture
+def shipped_client(shipped, redis_server, redis_db):
+    from service.app import create_app
+
+    app = create_app({"REDIS_URL": redis_server.url, "MODEL_PATH": str(SHIPPED_MODEL), "RECOGNIZER": shipped,
+                      "TESTING": True})
+    return app.test_client()
+
+
+@requires_face_data
+def test_identify_names_enrolled_people_and_calls_a_stranger_unknown(shipped_client):
+    client = shipped_client
+    ada, bob, stranger = _held_out_people(3)
+    ids = {}
+    for name, photos in (("Ada", ada), ("Bob", bob)):
+        pid = client.post("/v1/people", json={"name": name}).json["person_id"]
+        for path in photos[:3]:
+            added = client.post(f"/v1/people/{pid}/images", json={"image": b64(path.read_bytes())})
+            assert added.status_code == 201, added.json
+        ids[name] = pid
+    for name, photos in (("Ada", ada), ("Bob", bob)):
+        for path in photos[3:6]:
+            faces = client.post("/v1/identify", json={"image": b64(path.read_bytes())}).json["faces"]
+            assert faces[0]["matches"][0]["person_id"] == ids[name], (name, path.name, faces[0]["matches"])
+    unknown = 0
+    for path in stranger[:4]:
+        faces = client.post("/v1/identify", json={"image": b64(path.read_bytes())}).json["faces"]
+        unknown += faces[0]["decision"] == "unknown"
+    assert unknown >= 3, "a never-enrolled person was matched to someone at the calibrated threshold"
+
+
+@requires_face_data
+def test_verify_says_same_false_for_two_people_and_true_for_one(shipped_client):
+    ada, bob = _held_out_people(2)
+    different = shipped_client.post("/v1/verify", json={"image": b64(ada[0].read_bytes()),
+                                                         "image2": b64(bob[0].read_bytes())}).json
+    assert different["same"] is False, different
+    same = shipped_client.post("/v1/verify", json={"image": b64(ada[0].read_bytes()),
+                                                    "image2": b64(ada[1].read_bytes())}).json
+    assert same["same"] is True and same["cosine"] > different["cosine"], (same, different)

@@ -1,0 +1,283 @@
+"""``python -m trainer release``: a run's ``model.pt`` -> the release model in ``models/``, measured.
+
+The release file holds the weights in fp16 (half the size; the network still runs in fp32, the
+weights are widened on load), with the same artifact format and its own content-hash version.
+It is accepted only if its embeddings agree with the fp32 model's on real faces (cosine >= 0.999)
+and celeba_ir TPRs move by at most 0.005. The command then measures the release model (celeba_ir,
+closed-set and open-set on the run's own split, and degraded faces for the card's limits) and
+writes ``models/card.json`` and the model card ``models/README.md`` from its template.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from recognizer import Recognizer
+from recognizer.artifact import ModelArtifact
+from recognizer.atomic import atomic_write_bytes
+from recognizer.images import load_image
+from recognizer.preprocess import resize_to_input
+
+from . import metrics
+from .data import closed_set_gallery, discover, load_crops, make_splits
+from .evaluate import CELEBA_IR_FPRS
+from .precision import cpu_name
+
+RELEASE_NAME = "facerec.pt"
+MIN_AGREEMENT = 0.999
+MAX_TPR_SHIFT = 0.005
+CARD_TEMPLATE = Path(__file__).with_name("model_card.md")
+KEEP_FP32 = ("running_mean", "running_var")  # BatchNorm statistics: tiny, and fp16 would round them
+
+
+def half_precision(artifact: ModelArtifact) -> ModelArtifact:
+    """The same model with its floating-point weights stored as fp16."""
+    state = {name: (t.half() if t.is_floating_point() and not name.endswith(KEEP_FP32) else t)
+             for name, t in artifact.state_dict.items()}
+    training = {**artifact.training, "released_from": artifact.version, "weights_dtype": "float16"}
+    return ModelArtifact(state_dict=state, recipe=artifact.recipe, threshold=artifact.threshold,
+                         embedding_size=artifact.embedding_size, architecture=artifact.architecture,
+                         flip_average=artifact.flip_average, training=training)
+
+
+def celeba_ir_images(root: Path) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """(query paths, query ids, distractor paths) of the celeba_ir protocol."""
+    with open(root / "celebA_anno_query.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return ([root / "celebA_query" / r["img"] for r in rows], np.array([r["id"] for r in rows]),
+            sorted((root / "celebA_distractors").iterdir()))
+
+
+def celeba_ir_scores(queries: np.ndarray, ids: np.ndarray, distractors: np.ndarray,
+                     probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positive scores (pairs of one id's queries) and negatives (queries x distractors). With
+    ``probes`` (the queries changed, e.g. degraded), one side of every pair is the probe."""
+    probes = queries if probes is None else probes
+    i, j = np.triu_indices(len(queries), k=1)
+    same = ids[i] == ids[j]
+    positives = np.sum(probes[i[same]] * queries[j[same]], axis=1)
+    return positives, (probes @ distractors.T).ravel()
+
+
+def tpr_row(positives: np.ndarray, negatives: np.ndarray, fprs=CELEBA_IR_FPRS) -> dict:
+    row = {f"tpr@fpr={f:g}": metrics.tpr_at_fpr(positives, negatives, f)[0] for f in fprs}
+    row["roc_auc"] = metrics.roc_auc(positives, negatives)
+    return row
+
+
+# Conditions the card reports, applied to celeba_ir query crops (83x100): each takes and returns
+# an HxWx3 uint8 image. Measured, not guessed: a face this small / dark / covered scores like this.
+def _small(px: int) -> Callable[[np.ndarray], np.ndarray]:
+    def apply(img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        tiny = cv2.resize(img, (px, max(1, round(px * h / w))), interpolation=cv2.INTER_AREA)
+        return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+    return apply
+
+
+def _dark(img: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    dim = 255.0 * (img / 255.0) ** 2.2 * 0.35  # underexposed, then sensor noise
+    return np.clip(dim + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+
+def _cover(top: float, bottom: float, value: int) -> Callable[[np.ndarray], np.ndarray]:
+    def apply(img: np.ndarray) -> np.ndarray:
+        out = img.copy()
+        h = img.shape[0]
+        out[round(top * h):round(bottom * h)] = value
+        return out
+    return apply
+
+
+CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "small face: 40 px wide": _small(40),
+    "small face: 24 px wide": _small(24),
+    "low light: gamma 2.2, 35% exposure, noise": _dark,
+    "occlusion: mouth and chin covered (a mask)": _cover(0.62, 1.0, 128),
+    "occlusion: eye band covered (dark glasses)": _cover(0.30, 0.50, 20),
+}
+
+
+def _embed_arrays(rec: Recognizer, images: list[np.ndarray]) -> np.ndarray:
+    return rec.embed(np.stack([resize_to_input(img, rec.recipe) for img in images]))
+
+
+def regression_subset(rec: Recognizer, celeba_ir: Path, identities: int = 20, distractors: int = 600) -> dict:
+    """celeba_ir on a fixed subset (the first ``identities`` query ids by name, the first
+    ``distractors`` distractors): small enough for the test suite, recorded in card.json at
+    release so a test can tell when preprocessing or alignment changes what the model sees."""
+    q_paths, ids, d_paths = celeba_ir_images(celeba_ir)
+    keep = np.isin(ids, sorted(set(ids))[:identities])
+    q = rec.embed_images([p for p, k in zip(q_paths, keep) if k], "crop")
+    d = rec.embed_images(d_paths[:distractors], "crop")
+    pos, neg = celeba_ir_scores(q, ids[keep], d)
+    return {**tpr_row(pos, neg, fprs=(0.05, 0.01)), "queries": int(keep.sum()), "distractors": len(d),
+            "tpr_at_threshold": float(np.mean(pos > rec.threshold)),
+            "fpr_at_threshold": float(np.mean(neg > rec.threshold))}
+
+
+def photo_pairs(rec: Recognizer, photos: Path, limit: int = 120) -> dict:
+    """Accuracy at the model's threshold on the first ``limit`` labelled pairs of
+    ``photos/master.csv`` (raw photos: the largest face each, found by the service's detector)."""
+    with open(photos / "master.csv") as fh:
+        rows = list(csv.DictReader(fh))[:limit]
+    vectors: dict[str, np.ndarray | None] = {}
+    for name in dict.fromkeys([r["file_x"] for r in rows] + [r["file_y"] for r in rows]):
+        faces = rec.analyze(photos / name)
+        vectors[name] = faces[0].embedding if faces else None
+    scored = [(float(vectors[r["file_x"]] @ vectors[r["file_y"]]), r["Decision"].strip().lower() == "yes")
+              for r in rows if vectors[r["file_x"]] is not None and vectors[r["file_y"]] is not None]
+    scores, same = np.array([s for s, _ in scored]), np.array([t for _, t in scored])
+    accepted = scores > rec.threshold
+    return {"pairs": len(scored), "skipped_no_face": len(rows) - len(scored),
+            "accuracy_at_threshold": float(np.mean(accepted == same)),
+            "tpr_at_threshold": float(np.mean(accepted[same])) if same.any() else float("nan"),
+            "fpr_at_threshold": float(np.mean(accepted[~same])) if (~same).any() else float("nan")}
+
+
+def measure(model_path: Path, celeba_ir: Path, celeba1k: Path | None, reference: Path | None,
+            cache_dir: str | None = ".cache", photos: Path | None = None) -> dict:
+    """Every number the card shows, for the model at ``model_path``; with ``reference`` (the fp32
+    model it was made from) also the agreement check."""
+    rec = Recognizer(model_path)
+    report: dict = {"version": rec.version, "threshold": rec.threshold,
+                    "threshold_source": rec.artifact.training.get("threshold_source", "")}
+    start = time.time()
+    q_paths, ids, d_paths = celeba_ir_images(celeba_ir)
+    q_imgs = [load_image(p) for p in q_paths]
+    q = _embed_arrays(rec, q_imgs)
+    d = rec.embed_images(d_paths, "crop")
+    report["celeba_ir"] = tpr_row(*celeba_ir_scores(q, ids, d))
+    report["celeba_ir"].update(queries=len(q), identities=int(len(set(ids))), distractors=len(d))
+    thr = rec.threshold
+    pos, neg = celeba_ir_scores(q, ids, d)
+    report["celeba_ir"]["at_threshold"] = {"tpr": float(np.mean(pos > thr)), "fpr": float(np.mean(neg > thr))}
+    report["conditions"] = {}
+    for name, change in CONDITIONS.items():
+        probes = _embed_arrays(rec, [change(img) for img in q_imgs])
+        pos, neg = celeba_ir_scores(q, ids, d, probes)
+        report["conditions"][name] = {"tpr@fpr=0.01": metrics.tpr_at_fpr(pos, neg, 0.01)[0],
+                                      "tpr_at_threshold": float(np.mean(pos > thr)),
+                                      "fpr_at_threshold": float(np.mean(neg > thr))}
+    if reference is not None:
+        ref = Recognizer(reference)
+        rq = _embed_arrays(ref, q_imgs)
+        cos = np.sum(rq * q, axis=1)
+        ref_row = tpr_row(*celeba_ir_scores(rq, ids, ref.embed_images(d_paths, "crop")))
+        shift = max(abs(ref_row[k] - report["celeba_ir"][k]) for k in ref_row if k.startswith("tpr@"))
+        report["agreement"] = {"reference": ref.version, "min_cosine": float(cos.min()),
+                               "mean_cosine": float(cos.mean()), "max_tpr_shift": float(shift),
+                               "reference_celeba_ir": ref_row}
+    report["regression"] = {"celeba_ir_subset": regression_subset(rec, celeba_ir)}
+    if photos is not None:
+        report["regression"]["photo_pairs"] = photo_pairs(rec, photos)
+    if celeba1k is not None:
+        report["split"] = split_report(rec, celeba1k, cache_dir)
+    report["seconds"] = round(time.time() - start, 1)
+    return report
+
+
+def split_report(rec: Recognizer, celeba1k: Path, cache_dir: str | None) -> dict:
+    """Closed-set top-1/top-5 and open-set TAR on the run's own split (rebuilt from the
+    artifact's config), measured with the serving embedder."""
+    config = rec.artifact.training.get("config")
+    if not config:
+        return {"skipped": "the artifact carries no training config"}
+    dataset = discover(celeba1k, config.get("limit_identities"))
+    crops, ok = load_crops(dataset, rec.recipe, cache_dir)
+    labels = dataset.labels
+    if not ok.all():
+        return {"skipped": f"{int((~ok).sum())} images failed to decode; split indices would shift"}
+    sp = make_splits(labels, int(config["open_identities"]), int(config["val_per_identity"]), int(config["seed"]))
+    # gallery: the mean of every training image of each identity, as bench.accuracy_vs_dlib measures
+    # dlib (so the card's two columns are the same protocol)
+    gallery = closed_set_gallery(labels, sp.train, len(labels), int(config["seed"]) + 1)
+    closed = metrics.closed_set_accuracy(rec.embed(crops[gallery]), labels[gallery],
+                                         rec.embed(crops[sp.closed_val]), labels[sp.closed_val])
+    pos, neg = metrics.all_pairs(rec.embed(crops[sp.open_set]), labels[sp.open_set])
+    open_set = metrics.verification_report(pos, neg)
+    return {"closed_set": closed, "closed_probes": int(len(sp.closed_val)), "closed_gallery_images": int(len(gallery)),
+            "closed_identities": int(len(np.unique(labels[gallery]))),
+            "open_set": {k: v for k, v in open_set.items() if not k.startswith("_")},
+            "open_identities": int(len(np.unique(labels[sp.open_set]))),
+            "open_tar_at_threshold": float(np.mean(pos > rec.threshold)),
+            "open_far_at_threshold": float(np.mean(neg > rec.threshold))}
+
+
+def release(model: Path, out_dir: Path, celeba_ir: Path, celeba1k: Path | None, cache_dir: str | None = ".cache",
+            force: bool = False, cpu: str | None = None, photos: Path | None = None) -> dict:
+    """Write ``out_dir/facerec.pt`` (fp16), ``card.json`` and ``README.md``; refuse a release
+    whose fp16 weights disagree with the fp32 model beyond the bounds above."""
+    source = ModelArtifact.load(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    candidate = out_dir / f".{RELEASE_NAME}.candidate"
+    half_precision(source).save(candidate)
+    try:
+        report = measure(candidate, celeba_ir, celeba1k, reference=model, cache_dir=cache_dir, photos=photos)
+        agree = report["agreement"]
+        if not force and (agree["min_cosine"] < MIN_AGREEMENT or agree["max_tpr_shift"] > MAX_TPR_SHIFT):
+            raise SystemExit(f"fp16 weights disagree with {model}: min cosine {agree['min_cosine']:.5f} "
+                             f"(need {MIN_AGREEMENT}), TPR shift {agree['max_tpr_shift']:.4f} (max {MAX_TPR_SHIFT})")
+        os.replace(candidate, out_dir / RELEASE_NAME)
+    finally:
+        candidate.unlink(missing_ok=True)
+    report["file"] = RELEASE_NAME
+    report["file_bytes"] = (out_dir / RELEASE_NAME).stat().st_size
+    report["training"] = {k: v for k, v in source.training.items() if k != "last_epoch"}
+    report["source_model"] = {"version": source.version, "path": str(model)}
+    report["cpu"] = cpu or cpu_name()
+    atomic_write_bytes(out_dir / "card.json", (json.dumps(report, indent=1, default=float) + "\n").encode())
+    atomic_write_bytes(out_dir / "README.md", render_card(report).encode())
+    return report
+
+
+def _pct(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def render_card(report: dict) -> str:
+    """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
+    training = report.get("training", {})
+    config = training.get("config", {})
+    ir = report["celeba_ir"]
+    split = report.get("split", {})
+    extra = training.get("extra_sources", [])
+    fields = {
+        "version": report["version"],
+        "source_version": report["source_model"]["version"],
+        "file_mb": f"{report['file_bytes'] / 2**20:.1f}",
+        "threshold": f"{report['threshold']:.4f}",
+        "threshold_source": report["threshold_source"],
+        "config": json.dumps({k: config.get(k) for k in ("name", "input_size", "epochs", "batch_size", "lr",
+                                                          "scale", "margin", "margin_warmup_epochs", "dropout",
+                                                          "precision", "seed")}),
+        "epochs": str(training.get("epochs_done", "?")),
+        "wall_minutes": f"{training.get('wall_seconds', 0) / 60:.0f}",
+        "train_images": str(training.get("train_images", "?")),
+        "train_identities": str(training.get("train_identities", "?")),
+        "extra_sources": "; ".join(f"`{Path(e['data']).name}`: {e['images']} images of {e['identities']} identities"
+                                   for e in extra) or "none",
+        "cpu": training.get("machine", {}).get("cpu") or report.get("cpu", "not recorded"),
+        "ir_005": _pct(ir["tpr@fpr=0.05"]), "ir_001": _pct(ir["tpr@fpr=0.01"]), "ir_0001": _pct(ir["tpr@fpr=0.001"]),
+        "ir_auc": _pct(ir["roc_auc"]),
+        "ir_thr_tpr": _pct(ir["at_threshold"]["tpr"]), "ir_thr_fpr": f"{ir['at_threshold']['fpr']:.4f}",
+        "top1": _pct(split.get("closed_set", {}).get("top1", float("nan"))),
+        "top5": _pct(split.get("closed_set", {}).get("top5", float("nan"))),
+        "open_tar": _pct(split.get("open_set", {}).get("tar@far=0.001", float("nan"))),
+        "agree_min": f"{report['agreement']['min_cosine']:.5f}",
+        "agree_shift": f"{report['agreement']['max_tpr_shift']:.4f}",
+        "conditions": "\n".join(f"| {name} | {_pct(row['tpr@fpr=0.01'])} | {_pct(row['tpr_at_threshold'])} | "
+                                f"{row['fpr_at_threshold']:.4f} |" for name, row in report["conditions"].items()),
+    }
+    text = CARD_TEMPLATE.read_text()
+    for name, value in fields.items():
+        text = text.replace("{{" + name + "}}", value)
+    return text

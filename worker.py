@@ -19,6 +19,7 @@ from recognizer.errors import FaceServiceError
 from service import jobs
 from service.app import connect_redis
 from service.config import load_config
+from service.models import build_models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config()
-        recognizer = jobs.build_recognizer(config)  # before any job: fail fast on a bad MODEL_PATH
+        models = build_models(config)  # before any job: fail fast on a bad MODEL_PATH / NEXT_MODEL_PATH
     except FaceServiceError as exc:
         print(f"worker: {exc.message}", file=sys.stderr)
         return 2
-    jobs.set_recognizer(recognizer)
-    logging.getLogger("worker").info("model %s loaded; torch threads %d", recognizer.version, config.torch_threads)
+    jobs.set_recognizer(models)
+    logging.getLogger("worker").info("model(s) %s loaded; torch threads %d", ", ".join(models.versions),
+                                     config.torch_threads)
     connection = connect_redis(config)
     worker = SimpleWorker(args.queues or [config.enroll_queue], connection=connection, name=args.name,
                           default_result_ttl=config.result_ttl)

@@ -39,6 +39,7 @@ class EnrollmentResult:
     face: dict | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
     crop: np.ndarray | None = field(default=None, repr=False)  # aligned face waiting for its embedding
+    frame: np.ndarray | None = field(default=None, repr=False)  # the face in the canonical frame (kept)
 
     def to_dict(self) -> dict:
         out = {"status": self.status, "image_hash": self.image_hash, "faces_found": self.faces_found}
@@ -52,7 +53,7 @@ class EnrollmentResult:
 def inspect_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
                            min_face_size: int = DEFAULT_MIN_FACE_SIZE) -> EnrollmentResult:
     """Decode, detect and pick the face per the policy above; an accepted face comes back
-    aligned in ``.crop``, not yet embedded, so that a caller holding many photos embeds them
+    aligned in ``.crop`` (cut from ``.frame``, the canonical frame a service may keep), not yet embedded, so that a caller holding many photos embeds them
     in one forward pass (:func:`embed_pending`): on CPU a batch of 16 runs about twice as
     many faces per second as one at a time."""
     raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
@@ -73,12 +74,14 @@ def inspect_for_enrollment(recognizer: Recognizer, data: bytes | ImageSource,
         return EnrollmentResult(TOO_SMALL, digest, len(faces), face=face.to_dict(),
                                 message=f"the face is {face.size:.0f}px, under the minimum of {min_face_size}px")
     message = f"{len(faces)} faces found; the largest was enrolled" if len(faces) > 1 else ""
+    frame = recognizer.align_frames(pixels, [face])  # the model's crop is cut from it: one warp
     return EnrollmentResult(ENROLLED, digest, len(faces), message, face.to_dict(),
-                            crop=recognizer.align(pixels, [face])[0])
+                            crop=recognizer.frames_to_input(frame)[0], frame=frame[0])
 
 
 def embed_pending(recognizer: Recognizer, results: Sequence[EnrollmentResult]) -> None:
-    """Embed, in one batch, every result that holds an aligned crop; the crop is dropped."""
+    """Embed, in one batch, every result that holds an aligned crop; the crop is dropped (the
+    frame stays, for a caller that keeps it or embeds it with another model)."""
     pending = [r for r in results if r.crop is not None]
     if not pending:
         return

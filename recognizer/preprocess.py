@@ -20,13 +20,14 @@ import torch
 TEMPLATE = ((70.16, 112.29), (109.20, 112.30), (89.48, 136.84), (72.74, 153.66), (106.46, 153.48))
 PIXEL_MEAN = 127.5
 PIXEL_STD = 128.0
+FRAME_SIZE = (178, 218)  # (width, height) of the canonical frame that TEMPLATE lives in
 
 
 @dataclass(frozen=True)
 class AlignmentRecipe:
     """How a face becomes a model input; serialised into the model artifact."""
 
-    frame_size: tuple[int, int] = (178, 218)  # (width, height) of the canonical aligned frame
+    frame_size: tuple[int, int] = FRAME_SIZE  # (width, height) of the canonical aligned frame
     template: tuple[tuple[float, float], ...] = TEMPLATE
     crop_box: tuple[int, int, int, int] = (45, 77, 128, 177)  # x0, y0, x1, y1 in the frame
     input_size: tuple[int, int] = (96, 80)  # (height, width) fed to the network
@@ -83,6 +84,26 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentRecipe
     matrix = similarity_transform(np.asarray(landmarks, dtype=np.float64), target)
     return cv2.warpAffine(image, matrix, recipe.crop_size, flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT_101)
+
+
+def align_frame(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Warp the face with these 5 landmarks into the whole canonical frame (218x178 uint8 RGB,
+    ``TEMPLATE`` points): model-independent, so a face kept in it can be cropped again by any
+    later recipe (:func:`frame_to_input`)."""
+    matrix = similarity_transform(np.asarray(landmarks, dtype=np.float64), np.asarray(TEMPLATE, dtype=np.float64))
+    return cv2.warpAffine(image, matrix, FRAME_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def frame_to_input(frame: np.ndarray, recipe: AlignmentRecipe) -> np.ndarray:
+    """A canonical frame (:func:`align_frame`) as this recipe's network input. A recipe in the
+    canonical frame only slices its crop box (the same pixels :func:`align_face` gives from the
+    photo); another frame or template is reached by warping the frame's own landmarks."""
+    if recipe.frame_size == FRAME_SIZE and tuple(map(tuple, recipe.template)) == TEMPLATE \
+            and frame.shape[:2] == (FRAME_SIZE[1], FRAME_SIZE[0]):
+        crop = crop_aligned_frame(frame, recipe)
+    else:
+        crop = align_face(frame, np.asarray(TEMPLATE), recipe)
+    return resize_to_input(crop, recipe)
 
 
 def crop_aligned_frame(image: np.ndarray, recipe: AlignmentRecipe) -> np.ndarray:

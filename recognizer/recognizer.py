@@ -11,7 +11,7 @@ from .artifact import ModelArtifact, default_model_path
 from .detector import DetectedFace, FaceDetector
 from .embedder import Embedder
 from .images import ImageSource, load_image
-from .preprocess import align_face, crop_aligned_frame, resize_to_input
+from .preprocess import FRAME_SIZE, align_face, align_frame, crop_aligned_frame, frame_to_input, resize_to_input
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,18 @@ class Recognizer:
         """Aligned input-size crops (Nx H x W x 3 uint8) for these faces of ``image``."""
         height, width = self.recipe.input_size
         crops = [resize_to_input(align_face(image, np.array(f.landmarks), self.recipe), self.recipe) for f in faces]
+        return np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
+
+    def align_frames(self, image: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """These faces in the model-independent canonical frame (N x 218 x 178 x 3 uint8): what
+        the service keeps of an enrolled photo, so that a later model can embed it again."""
+        frames = [align_frame(image, np.array(f.landmarks)) for f in faces]
+        return np.stack(frames) if frames else np.zeros((0, FRAME_SIZE[1], FRAME_SIZE[0], 3), np.uint8)
+
+    def frames_to_input(self, frames: np.ndarray) -> np.ndarray:
+        """Canonical frames (:meth:`align_frames`) as this model's input-size crops."""
+        height, width = self.recipe.input_size
+        crops = [frame_to_input(f, self.recipe) for f in frames]
         return np.stack(crops) if crops else np.zeros((0, height, width, 3), np.uint8)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:

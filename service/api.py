@@ -27,6 +27,7 @@ from .jobs import EnrollmentPolicy, enqueue_enrollment, enroll_image, job_view
 from .metrics import CONTENT_TYPE
 from .openapi import build_openapi
 from .store import check_metadata, check_name
+from .versions import read_state
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 ops = Blueprint("ops", __name__)
@@ -186,7 +187,7 @@ def add_image(person_id: str) -> Any:
     body = RequestBody(request, svc.config)
     upload = body.image("image")
     svc.store.get_person(person_id)
-    result = enroll_image(svc.recognizer, svc.store, person_id, upload.data,
+    result = enroll_image(svc.models, svc.store, person_id, upload.data,
                           EnrollmentPolicy.from_config(svc.config), filename=upload.filename)
     status = result["status"]
     details = {k: v for k, v in result.items() if k in ("faces_found", "image_hash", "box")}
@@ -305,15 +306,20 @@ def get_job(job_id: str) -> Any:
 @ops.get("/health")
 def health() -> Any:
     """200 when this process can serve (Redis reachable), 503 otherwise: a load balancer
-    should not send identify requests to a server that cannot check for deletions."""
+    should not send identify requests to a server that cannot check for deletions. ``models``
+    says which models this process holds and answers with, which version is serving, and
+    which versions are complete (every enrolled photo embedded; see ``upgrade.py``)."""
     svc = current_service()
     body: dict[str, Any] = {"model_version": svc.recognizer.version, "pid": os.getpid(),
                             "model_threshold": round(svc.recognizer.threshold, 6),
                             "auth": "open" if svc.config.open_mode else "api_keys"}
     try:
-        svc.cache.sync()
+        for cache in svc.caches.values():  # keeps the caches of an upgrade's other model warm
+            cache.sync()
         body["gallery"] = {"people": svc.store.count_people(), "people_with_vectors": len(svc.cache),
                            "generation": svc.cache.gen}
+        body["models"] = {"loaded": svc.models.versions, "answering": svc.answering,
+                          **read_state(svc.store).to_dict()}
         body["queue"] = {"name": svc.queue.name, "depth": svc.queue.count}
         body["redis"] = {"reachable": True}
         body["status"] = "ok"

@@ -26,8 +26,8 @@ from .config import ServiceConfig, load_config
 from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
-from .jobs import build_recognizer
 from .metrics import Metrics
+from .models import ModelSet, build_models
 from .store import GalleryStore
 
 log = logging.getLogger("service")
@@ -50,9 +50,11 @@ def connect_redis(config: ServiceConfig) -> redis.Redis:
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` overrides environment settings by name (``REDIS_URL``,
     ``MODEL_PATH``, ``ADMIN_API_KEYS`` ...). Two non-setting keys exist for embedding and
-    tests: ``RECOGNIZER`` (an already loaded :class:`Recognizer`) and ``REDIS`` (a client)."""
+    tests: ``RECOGNIZER`` (an already loaded :class:`Recognizer`), ``MODELS`` (a loaded
+    :class:`ModelSet`, for an upgrade's two models) and ``REDIS`` (a client)."""
     overrides = dict(config or {})
     recognizer: Recognizer | None = overrides.pop("RECOGNIZER", None)
+    models: ModelSet | None = overrides.pop("MODELS", None)
     conn: redis.Redis | None = overrides.pop("REDIS", None)
     cfg = load_config(overrides)
     if not logging.getLogger().handlers:
@@ -63,23 +65,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     app.config.update(cfg.extra)
 
-    recognizer = recognizer or build_recognizer(cfg)
+    models = models or build_models(cfg, primary=recognizer)
     conn = conn or connect_redis(cfg)
-    store = GalleryStore(conn, recognizer.version, recognizer.dim, prefix=cfg.redis_key_prefix,
-                         stream_maxlen=cfg.change_stream_maxlen)
-    cache = GalleryCache(store)
+    stores = {r.version: GalleryStore(conn, r.version, r.dim, prefix=cfg.redis_key_prefix,
+                                      stream_maxlen=cfg.change_stream_maxlen) for r in models}
+    caches = {version: GalleryCache(store) for version, store in stores.items()}
     try:
-        cache.rebuild()
+        for cache in caches.values():
+            cache.rebuild()
     except ServiceUnavailableError as exc:  # start anyway; /health says 503 until Redis is back
         log.error("Redis unreachable at start-up (%s); the gallery will load on the first request", exc.message)
-    service = Service(config=cfg, recognizer=recognizer, redis=conn, store=store, cache=cache,
+    service = Service(config=cfg, models=models, redis=conn, stores=stores, caches=caches,
                       queue=Queue(cfg.enroll_queue, connection=conn), metrics=Metrics(conn, cfg.redis_key_prefix))
     app.extensions[EXTENSION] = service
 
     for warning in startup_warnings(cfg):
         log.warning("!" * 20 + " " + warning + " " + "!" * 20)
-    log.info("serving model %s (threshold %.4f) with %d people indexed, Redis %s", recognizer.version,
-             recognizer.threshold, len(cache), _safe_url(cfg.redis_url))
+    for r in models:
+        log.info("model %s (threshold %.4f) loaded, %d people indexed; Redis %s", r.version, r.threshold,
+                 len(caches[r.version]), _safe_url(cfg.redis_url))
 
     app.register_blueprint(v1)
     app.register_blueprint(ops)

@@ -25,6 +25,8 @@ class ServiceConfig:
 
     redis_url: str = "redis://localhost:6379/0"
     model_path: str = ""  # empty: the shipped release model, models/facerec.pt
+    next_model_path: str = ""  # during an upgrade: a second model, loaded beside MODEL_PATH (docs/SERVICE.md)
+    keep_face_crops: bool = True  # keep each enrolled face's aligned crop, so a new model can re-embed it
     admin_api_keys: tuple[str, ...] = ()  # enroll, create, delete (and everything read keys allow)
     read_api_keys: tuple[str, ...] = ()  # identify, verify, list, jobs
     redis_key_prefix: str = "fr"
@@ -56,6 +58,15 @@ class ServiceConfig:
         """True when no API key at all is configured: every endpoint is open."""
         return not self.admin_api_keys and not self.read_api_keys
 
+    def resolved_next_model_path(self) -> Path | None:
+        """The upgrade's second model, if one is set; ModelArtifactError if the file is missing."""
+        if not self.next_model_path:
+            return None
+        path = Path(self.next_model_path)
+        if not path.is_file():
+            raise ModelArtifactError(f"NEXT_MODEL_PATH={self.next_model_path} does not exist")
+        return path
+
     def resolved_model_path(self) -> Path:
         """MODEL_PATH, else the shipped release model; raises ModelArtifactError with
         instructions when the file is missing."""
@@ -65,6 +76,7 @@ class ServiceConfig:
         return path
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig) if f.name != "extra"}
 # Singular spellings people reach for first.
 _ALIASES = {"ADMIN_API_KEY": "ADMIN_API_KEYS", "READ_API_KEY": "READ_API_KEYS"}
@@ -106,6 +118,11 @@ def _parse(name: str, raw: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            text = str(raw).strip().lower()
+            if text not in _BOOLS:
+                raise ValueError(raw)
+            return _BOOLS[text]
         if kind.startswith("tuple"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             items = [str(i).strip() for i in items if str(i).strip()]

@@ -41,3 +41,18 @@ class EnrollmentRejectedError(FaceServiceError):
     def __init__(self, message: str, code: str, **details: object) -> None:
         super().__init__(message, **details)
         self.code = code
+
+
+class ModelVersionError(FaceServiceError):
+    """A process holds none of the model versions the gallery keeps: whatever it embedded
+    could not be matched by the servers, so it refuses to store it (not transient)."""
+
+    status_code = 500
+    code = "model_mismatch"
+
+
+class UpgradeRefusedError(FaceServiceError):
+    """A model upgrade, switch or drop that would leave someone unrecognisable."""
+
+    status_code = 409
+    code = "upgrade_refused"

@@ -31,19 +31,21 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import redis
-import torch
 from redis import Redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from recognizer import Recognizer
-from recognizer.enrollment import ENROLLED, EnrollmentResult, embed_pending, image_hash, inspect_for_enrollment
+from recognizer.enrollment import ENROLLED, EnrollmentResult, image_hash, inspect_for_enrollment
 from recognizer.errors import FaceServiceError
 
 from .config import ServiceConfig, load_config
-from .errors import JobNotFoundError, PersonNotFoundError
+from .crops import encode_frame
+from .errors import JobNotFoundError, ModelVersionError, PersonNotFoundError
+from .models import ModelSet, build_models, load_recognizer
 from .store import GalleryStore
 
 log = logging.getLogger(__name__)
@@ -51,41 +53,36 @@ log = logging.getLogger(__name__)
 ENROLL_FUNC = "service.jobs.enroll_job"
 STORED = ("enrolled", "duplicate")
 
-# -- the model, once per process --------------------------------------------------------
+# -- the models, once per process --------------------------------------------------------
 
-_recognizer: Recognizer | None = None
-_recognizer_lock = threading.Lock()
+_models: ModelSet | None = None
+_models_lock = threading.Lock()
 
 
 def build_recognizer(config: ServiceConfig) -> Recognizer:
-    """Load the model with the service's limits. Sets torch's thread count first: several
-    processes each using every core thrash (measured 10-30x slower on 2 busy cores)."""
-    torch.set_num_threads(config.torch_threads)
-    return Recognizer(
-        config.resolved_model_path(),
-        threads=config.torch_threads,
-        min_face_size=config.min_face_size,
-        detect_max_side=config.detect_max_side,
-        min_probability=config.min_detection_probability,
-        max_image_bytes=config.max_image_bytes,
-        max_image_pixels=config.max_image_pixels,
-    )
+    """Load ``MODEL_PATH`` with the service's limits (and torch's thread count set first)."""
+    return load_recognizer(config.resolved_model_path(), config)
 
 
-def set_recognizer(recognizer: Recognizer | None) -> None:
-    """Install this process's model (``worker.py`` does it before the first job)."""
-    global _recognizer
-    with _recognizer_lock:
-        _recognizer = recognizer
+def set_recognizer(models: Recognizer | ModelSet | None) -> None:
+    """Install this process's model(s) (``worker.py`` does it before the first job)."""
+    global _models
+    with _models_lock:
+        _models = ModelSet(models) if isinstance(models, Recognizer) else models
+
+
+def get_models() -> ModelSet:
+    """This process's models, built from the environment on first use if nobody installed them."""
+    global _models
+    with _models_lock:
+        if _models is None:
+            _models = build_models(load_config())
+        return _models
 
 
 def get_recognizer() -> Recognizer:
-    """This process's model, built from the environment on first use if nobody installed one."""
-    global _recognizer
-    with _recognizer_lock:
-        if _recognizer is None:
-            _recognizer = build_recognizer(load_config())
-        return _recognizer
+    """This process's primary model (``MODEL_PATH``)."""
+    return get_models().primary
 
 
 # -- one image --------------------------------------------------------------------------
@@ -97,10 +94,11 @@ class EnrollmentPolicy:
     worker applies exactly what the server's configuration promised."""
 
     min_enroll_face_size: int = 40
+    keep_face_crops: bool = True
 
     @classmethod
     def from_config(cls, config: ServiceConfig) -> "EnrollmentPolicy":
-        return cls(config.min_enroll_face_size)
+        return cls(config.min_enroll_face_size, config.keep_face_crops)
 
 
 def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, data: bytes,
@@ -130,16 +128,34 @@ def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, d
     return result, outcome
 
 
+def embed_outcomes(models: ModelSet, outcomes: Sequence[EnrollmentResult]) -> list[dict[str, Any]]:
+    """Embed accepted faces with every model of the process, in one forward pass per model:
+    ``[{version: embedding}]`` in the order of ``outcomes``. Each outcome keeps the primary
+    model's embedding in ``.embedding`` and its canonical frame in ``.frame``."""
+    if not outcomes:
+        return []
+    vectors = models.embed_frames(np.stack([o.frame for o in outcomes]))
+    out = []
+    for i, outcome in enumerate(outcomes):
+        outcome.embedding, outcome.crop = vectors[models.primary.version][i], None
+        out.append({version: v[i] for version, v in vectors.items()})
+    return out
+
+
 def store_image(store: GalleryStore, person_id: str, result: dict[str, Any], outcome: EnrollmentResult,
-                *, job_id: str | None = None) -> dict[str, Any]:
-    """Second half: store the embedded face; returns the final result dict."""
-    if outcome.embedding is None:
-        raise ValueError("store_image needs an embedded outcome (embed_pending first)")
+                *, job_id: str | None = None, embeddings: dict[str, Any] | None = None,
+                keep_face_crop: bool = True) -> dict[str, Any]:
+    """Second half: store the embedded face (every model's embedding in ``embeddings``, and its
+    kept crop unless ``keep_face_crop`` is off); returns the final result dict."""
+    if outcome.embedding is None and not embeddings:
+        raise ValueError("store_image needs an embedded outcome (embed_outcomes first)")
     info = {"enrolled_at": round(time.time(), 3), "job_id": job_id, "faces_found": outcome.faces_found,
             "box": result.get("box"), "probability": (outcome.face or {}).get("probability"),
             "filename": result.get("filename")}
+    crop = encode_frame(outcome.frame) if keep_face_crop and outcome.frame is not None else None
     try:
-        status, stored = store.add_image(person_id, outcome.image_hash, outcome.embedding, info)
+        status, stored = store.add_image(person_id, outcome.image_hash, embeddings or outcome.embedding, info,
+                                         crop=crop)
     except PersonNotFoundError:
         return {**result, "status": "person_deleted", "message": f"person {person_id!r} was deleted"}
     result = {**result, "status": status}
@@ -150,16 +166,19 @@ def store_image(store: GalleryStore, person_id: str, result: dict[str, Any], out
     return result
 
 
-def enroll_image(recognizer: Recognizer, store: GalleryStore, person_id: str, data: bytes,
+def enroll_image(models: ModelSet | Recognizer, store: GalleryStore, person_id: str, data: bytes,
                  policy: EnrollmentPolicy, *, job_id: str | None = None,
                  filename: str | None = None) -> dict[str, Any]:
-    """Detect, check, embed and store one photo of ``person_id``; returns its result dict
-    (``status`` is one of the statuses in the module docstring). Redis errors propagate."""
-    result, outcome = inspect_image(recognizer, store, person_id, data, policy, filename=filename)
+    """Detect, check, embed (with every model held) and store one photo of ``person_id``;
+    returns its result dict (``status`` is one of the statuses in the module docstring).
+    Redis errors propagate."""
+    models = ModelSet(models) if isinstance(models, Recognizer) else models
+    result, outcome = inspect_image(models.primary, store, person_id, data, policy, filename=filename)
     if outcome is None:
         return result
-    embed_pending(recognizer, [outcome])
-    return store_image(store, person_id, result, outcome, job_id=job_id)
+    embeddings = embed_outcomes(models, [outcome])[0]
+    return store_image(store, person_id, result, outcome, job_id=job_id, embeddings=embeddings,
+                       keep_face_crop=policy.keep_face_crops)
 
 
 # -- the RQ job -------------------------------------------------------------------------
@@ -189,11 +208,6 @@ def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, A
         return {"person_id": item["person_id"], "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None
 
 
-class ModelMismatchError(FaceServiceError):
-    status_code = 500
-    code = "model_mismatch"
-
-
 def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point: enroll every uploaded image of ``spec`` (see :func:`enqueue_enrollment`).
 
@@ -207,13 +221,15 @@ def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("enroll_job must run inside an RQ worker")
-    recognizer = get_recognizer()
-    if spec["model_version"] != recognizer.version:
+    models = get_models()
+    recognizer = models.primary
+    kept = {v.decode() for v in job.connection.smembers(f"{spec['prefix']}:model_versions")}
+    if kept and not kept & set(models.versions):
         job.retries_left = 0  # not transient: retrying cannot help
-        raise ModelMismatchError(
-            f"this worker runs model {recognizer.version} but the job was submitted for model "
-            f"{spec['model_version']}; run workers and servers with the same MODEL_PATH"
-        )
+        raise ModelVersionError(
+            f"this worker runs model(s) {', '.join(models.versions)} but the gallery keeps model(s) "
+            f"{', '.join(sorted(kept))} (the job was submitted by a server running {spec['model_version']}); "
+            "run workers with MODEL_PATH (or NEXT_MODEL_PATH) set to one of those")
     store = GalleryStore(job.connection, recognizer.version, recognizer.dim, prefix=spec["prefix"],
                          stream_maxlen=spec.get("stream_maxlen", 100_000))
     policy = EnrollmentPolicy(**spec["policy"])
@@ -229,14 +245,16 @@ def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
         checked = [_inspect_item(recognizer, store, items[i], policy, job.id, i, pending) for i in chunk]
         outcomes = [outcome for _, outcome in checked if outcome is not None]
         try:
-            embed_pending(recognizer, outcomes)  # one forward pass for the chunk's accepted faces
+            vectors = iter(embed_outcomes(models, outcomes))  # one forward pass per model for the chunk
         except Exception as exc:  # noqa: BLE001 - the chunk's images fail, the job goes on
             log.exception("job %s: embedding images %s failed", job.id, chunk)
+            vectors = iter(())
             checked = [(r if o is None else {**r, "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None)
                        for r, o in checked]
         for index, (result, outcome) in zip(chunk, checked):
             if outcome is not None:
-                result = store_image(store, items[index]["person_id"], result, outcome, job_id=job.id)
+                result = store_image(store, items[index]["person_id"], result, outcome, job_id=job.id,
+                                     embeddings=next(vectors), keep_face_crop=policy.keep_face_crops)
             result["index"] = index
             store.append_job_result(job.id, result, ttl)
             store.drop_upload(items[index]["upload"])

@@ -248,7 +248,14 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
                 "summary": {"type": "object", "additionalProperties": {"type": "integer"}}}},
             "Health": {"type": "object", "properties": {
                 "status": {"enum": ["ok", "degraded"]}, "model_version": {"type": "string"},
-                "gallery": {"type": "object"}, "redis": {"type": "object"}}},
+                "gallery": {"type": "object"}, "redis": {"type": "object"},
+                "models": {"type": "object", "description": "loaded: this process's models; answering: the one "
+                           "this request used; serving: the version Redis names (null before any upgrade); "
+                           "versions: {version: {complete, people_to_embed}} for every version the gallery keeps",
+                           "properties": {"loaded": {"type": "array", "items": {"type": "string"}},
+                                          "answering": {"type": "string"},
+                                          "serving": {"type": ["string", "null"]},
+                                          "versions": {"type": "object"}}}}},
         },
     }
     description = "Face identification and verification against a Redis-backed gallery."

@@ -6,7 +6,10 @@ Layout (``p`` is ``REDIS_KEY_PREFIX``, ``v`` a model version, ``pid`` a person i
     p:person:<pid>           HASH  name, metadata (JSON), created_at
     p:emb:<v>:<pid>          HASH  sha256 of the uploaded bytes -> float32 LE embedding
     p:imginfo:<v>:<pid>      HASH  sha256 -> JSON (enrolled_at, job_id, faces_found, box ...)
-    p:model_versions         SET   every model version that has written embeddings
+    p:crop:<pid>             HASH  sha256 -> JPEG of the face in the canonical aligned frame (KEEP_FACE_CROPS)
+    p:model_versions         SET   the registered model versions: each write stores every one of them
+    p:todo:<v>               SET   people with a photo (kept crop) not yet embedded by version v
+    p:serving                STRING the version servers answer with, once complete (service.versions)
     p:gen                    STRING change counter, +1 per write
     p:changes                STREAM one entry per write: gen, person, op
     p:epoch                  STRING random token; changes when the data set is replaced (flush)
@@ -14,7 +17,10 @@ Layout (``p`` is ``REDIS_KEY_PREFIX``, ``v`` a model version, ``pid`` a person i
     p:jobresults:<job>       LIST  per-image results of a job so far (TTL)
 
 People (name, metadata) do not depend on the model; embeddings do, so they are keyed by
-model version and a server never reads another model's vectors. Each write is one Lua
+model version and a server never reads another model's vectors. A photo is stored under
+every registered version at once; a writer that lacks one of those models stores what it has
+and names the person in that version's ``todo`` set, from which the kept crop is embedded
+later (``upgrade.py``), so no version silently misses a photo. Each write is one Lua
 script: the check, the write, the counter bump and the change-stream entry happen
 atomically, so concurrent writers lose nothing and a follower can never see a write
 without its change event.
@@ -33,7 +39,7 @@ from redis import Redis
 
 from recognizer.errors import ConflictError, InvalidRequestError
 
-from .errors import ImageNotFoundError, PersonNotFoundError
+from .errors import ImageNotFoundError, ModelVersionError, PersonNotFoundError
 
 PERSON_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 IMAGE_HASH_RE = re.compile(r"[0-9a-f]{64}")
@@ -60,36 +66,64 @@ bump(ARGV[3], 'create')
 return 1
 """
 
-# KEYS[4] person, KEYS[5] people, KEYS[6] model_versions; ARGV[3] pid, ARGV[4] key prefix
+# KEYS[4] person, KEYS[5] people, KEYS[6] model_versions, KEYS[7] crop; ARGV[3] pid, ARGV[4] key prefix
 _DELETE = _BUMP + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[7])
 redis.call('ZREM', KEYS[5], ARGV[3])
 for _, v in ipairs(redis.call('SMEMBERS', KEYS[6])) do
   redis.call('DEL', ARGV[4] .. ':emb:' .. v .. ':' .. ARGV[3], ARGV[4] .. ':imginfo:' .. v .. ':' .. ARGV[3])
+  redis.call('SREM', ARGV[4] .. ':todo:' .. v, ARGV[3])
 end
 bump(ARGV[3], 'delete')
 return 1
 """
 
-# KEYS[4] person, KEYS[5] emb, KEYS[6] imginfo, KEYS[7] model_versions
-# ARGV[3] pid, ARGV[4] image hash, ARGV[5] embedding bytes, ARGV[6] info JSON, ARGV[7] model version
+# KEYS[4] person, KEYS[5] model_versions, KEYS[6] crop
+# ARGV[3] pid, ARGV[4] image hash, ARGV[5] info JSON, ARGV[6] crop bytes ('' = none), ARGV[7] key prefix,
+# ARGV[8..] (model version, embedding bytes) pairs. Versions not registered are skipped unless
+# none is registered yet (the first photo of a new gallery registers its writer's models); a
+# registered version the writer lacks gets the person in its todo set.
 _ADD_IMAGE = _BUMP + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return {'no_person', ''} end
-if redis.call('HEXISTS', KEYS[5], ARGV[4]) == 1 then
-  return {'duplicate', redis.call('HGET', KEYS[6], ARGV[4]) or ''}
+local pid, hash, pre = ARGV[3], ARGV[4], ARGV[7]
+local registered = redis.call('SMEMBERS', KEYS[5])
+local is_registered = {}
+for _, v in ipairs(registered) do
+  is_registered[v] = true
+  if redis.call('HEXISTS', pre .. ':emb:' .. v .. ':' .. pid, hash) == 1 then
+    return {'duplicate', redis.call('HGET', pre .. ':imginfo:' .. v .. ':' .. pid, hash) or ''}
+  end
 end
-redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
-redis.call('HSET', KEYS[6], ARGV[4], ARGV[6])
-redis.call('SADD', KEYS[7], ARGV[7])
-return {'enrolled', tostring(bump(ARGV[3], 'add_image'))}
+local written, any = {}, false
+for i = 8, #ARGV - 1, 2 do
+  local v = ARGV[i]
+  if #registered == 0 or is_registered[v] then
+    redis.call('HSET', pre .. ':emb:' .. v .. ':' .. pid, hash, ARGV[i + 1])
+    redis.call('HSET', pre .. ':imginfo:' .. v .. ':' .. pid, hash, ARGV[5])
+    redis.call('SADD', KEYS[5], v)
+    written[v], any = true, true
+  end
+end
+if not any then return {'no_version', table.concat(registered, ',')} end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[6], hash, ARGV[6]) end
+for _, v in ipairs(registered) do
+  if not written[v] then redis.call('SADD', pre .. ':todo:' .. v, pid) end
+end
+return {'enrolled', tostring(bump(pid, 'add_image'))}
 """
 
-# KEYS[4] person, KEYS[5] emb, KEYS[6] imginfo; ARGV[3] pid, ARGV[4] image hash
+# KEYS[4] person, KEYS[5] model_versions, KEYS[6] crop; ARGV[3] pid, ARGV[4] image hash, ARGV[5] key prefix
+# The photo goes from every version and its crop with it.
 _REMOVE_IMAGE = _BUMP + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
-if redis.call('HDEL', KEYS[5], ARGV[4]) == 0 then return 0 end
-redis.call('HDEL', KEYS[6], ARGV[4])
+local removed = redis.call('HDEL', KEYS[6], ARGV[4])
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local emb = ARGV[5] .. ':emb:' .. v .. ':' .. ARGV[3]
+  removed = removed + redis.call('HDEL', emb, ARGV[4])
+  redis.call('HDEL', ARGV[5] .. ':imginfo:' .. v .. ':' .. ARGV[3], ARGV[4])
+end
+if removed == 0 then return 0 end
 bump(ARGV[3], 'remove_image')
 return 1
 """
@@ -161,10 +195,30 @@ class GalleryStore:
         return self._k("person", pid)
 
     def emb_key(self, pid: str) -> str:
-        return self._k("emb", self.model_version, pid)
+        return self.emb_key_of(self.model_version, pid)
 
     def info_key(self, pid: str) -> str:
-        return self._k("imginfo", self.model_version, pid)
+        return self.info_key_of(self.model_version, pid)
+
+    def crop_key(self, pid: str) -> str:
+        return self._k("crop", pid)
+
+    def emb_key_of(self, version: str, pid: str) -> str:
+        return self._k("emb", version, pid)
+
+    def info_key_of(self, version: str, pid: str) -> str:
+        return self._k("imginfo", version, pid)
+
+    def todo_key(self, version: str) -> str:
+        return self._k("todo", version)
+
+    @property
+    def versions_key(self) -> str:
+        return self._k("model_versions")
+
+    @property
+    def serving_key(self) -> str:
+        return self._k("serving")
 
     def upload_key(self, job_id: str, n: int) -> str:
         return self._k("upload", job_id, str(n))
@@ -236,10 +290,10 @@ class GalleryStore:
         return int(total), people
 
     def delete_person(self, person_id: str) -> None:
-        """Delete a person and their embeddings of every model version, atomically."""
+        """Delete a person, their embeddings of every model version and their kept crops, atomically."""
         pid = _lookup_id(person_id)
         ok = self._delete(
-            keys=[*self._bump_keys, self.person_key(pid), self.people_key, self._k("model_versions")],
+            keys=[*self._bump_keys, self.person_key(pid), self.people_key, self.versions_key, self.crop_key(pid)],
             args=[*self._bump_args(), pid, self.prefix],
         )
         if not ok:
@@ -264,25 +318,36 @@ class GalleryStore:
     def has_image(self, person_id: str, image_hash: str) -> bool:
         return bool(self.redis.hexists(self.emb_key(person_id), image_hash))
 
-    def add_image(self, person_id: str, image_hash: str, embedding: np.ndarray,
-                  info: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Store one image embedding: ``("enrolled", info)`` or ``("duplicate", existing info)``.
+    def add_image(self, person_id: str, image_hash: str, embedding: np.ndarray | Mapping[str, np.ndarray],
+                  info: Mapping[str, Any], crop: bytes | None = None) -> tuple[str, dict[str, Any]]:
+        """Store one photo: its embedding (one array for this store's version, or
+        ``{version: array}`` from a process holding several models) and its kept ``crop``.
+        Returns ``("enrolled", info)`` or ``("duplicate", existing info)``.
 
-        PersonNotFoundError if the person was deleted meanwhile (nothing is written then).
+        PersonNotFoundError if the person was deleted meanwhile (nothing is written then);
+        ModelVersionError if none of the given versions is one the gallery keeps.
         """
         pid = _lookup_id(person_id)
         check_image_hash(image_hash)
-        vec = np.asarray(embedding, dtype="<f4").reshape(-1)
-        if vec.shape[0] != self.dim or not np.all(np.isfinite(vec)):
-            raise InvalidRequestError(f"embedding must be {self.dim} finite floats")
+        vectors = embedding if isinstance(embedding, Mapping) else {self.model_version: embedding}
+        pairs: list[Any] = []
+        for version, value in vectors.items():
+            vec = np.asarray(value, dtype="<f4").reshape(-1)
+            dim = self.dim if version == self.model_version else vec.shape[0]
+            if vec.shape[0] != dim or not np.all(np.isfinite(vec)):
+                raise InvalidRequestError(f"embedding must be {dim} finite floats")
+            pairs += [version, vec.tobytes()]
         status, payload = self._add_image(
-            keys=[*self._bump_keys, self.person_key(pid), self.emb_key(pid), self.info_key(pid),
-                  self._k("model_versions")],
-            args=[*self._bump_args(), pid, image_hash, vec.tobytes(), json.dumps(dict(info)), self.model_version],
+            keys=[*self._bump_keys, self.person_key(pid), self.versions_key, self.crop_key(pid)],
+            args=[*self._bump_args(), pid, image_hash, json.dumps(dict(info)), crop or b"", self.prefix, *pairs],
         )
         status = status.decode()
         if status == "no_person":
             raise PersonNotFoundError(f"person {pid!r} no longer exists", person_id=pid)
+        if status == "no_version":
+            raise ModelVersionError(
+                f"this process holds model(s) {', '.join(vectors)} but the gallery keeps model(s) "
+                f"{payload.decode()}: run it with MODEL_PATH (or NEXT_MODEL_PATH) set to one of those")
         if status == "duplicate":
             try:
                 return status, json.loads(payload) if payload else {}
@@ -290,13 +355,18 @@ class GalleryStore:
                 return status, {}
         return status, dict(info)
 
+    def crops(self, person_id: str) -> dict[str, bytes]:
+        """A person's kept face crops: {image hash: JPEG bytes}."""
+        return {k.decode(): v for k, v in self.redis.hgetall(self.crop_key(_lookup_id(person_id))).items()}
+
     def remove_image(self, person_id: str, image_hash: str) -> None:
+        """Drop one photo from every model version, with its kept crop."""
         pid = _lookup_id(person_id)
         if not isinstance(image_hash, str) or not IMAGE_HASH_RE.fullmatch(image_hash):
             raise ImageNotFoundError(f"person {pid!r} has no image {image_hash!r}", person_id=pid)
         result = self._remove_image(
-            keys=[*self._bump_keys, self.person_key(pid), self.emb_key(pid), self.info_key(pid)],
-            args=[*self._bump_args(), pid, image_hash],
+            keys=[*self._bump_keys, self.person_key(pid), self.versions_key, self.crop_key(pid)],
+            args=[*self._bump_args(), pid, image_hash, self.prefix],
         )
         if result == -1:
             raise PersonNotFoundError(f"no person with id {pid!r}", person_id=pid)

@@ -11,7 +11,7 @@ from recognizer.artifact import SHIPPED_MODEL, default_model_path
 from recognizer.errors import ConflictError, InvalidRequestError, ModelArtifactError
 from service.cache import GalleryCache
 from service.config import ServiceConfig, load_config
-from service.errors import ConfigError, PersonNotFoundError
+from service.errors import ConfigError, ModelVersionError, PersonNotFoundError
 from service.store import GalleryStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,9 +70,15 @@ def test_store_people_and_images(store):
     other_model = GalleryStore(store.redis, "model-b", DIM)
     assert other_model.get_person(a.person_id).image_count == 0  # never mixed across models
     assert other_model.embeddings(a.person_id).shape == (0, DIM)
+    with pytest.raises(ModelVersionError, match="gallery keeps model"):  # a model the gallery does not keep
+        other_model.add_image(a.person_id, "b" * 64, unit(3), {})
+    store.redis.sadd("fr:model_versions", "model-b")  # registered (upgrade.py does it): written, then deleted
     other_model.add_image(a.person_id, "b" * 64, unit(3), {})
+    assert other_model.get_person(a.person_id).image_count == 1
+    assert store.redis.smembers("fr:todo:model-a") == {a.person_id.encode()}  # model-a still lacks that photo
     store.delete_person(a.person_id)
     assert store.redis.keys("fr:emb:*") == [] and store.redis.keys("fr:imginfo:*") == []
+    assert store.redis.keys("fr:todo:*") == []
     with pytest.raises(PersonNotFoundError):
         store.add_image(a.person_id, "c" * 64, unit(4), {})
 

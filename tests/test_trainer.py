@@ -261,3 +261,78 @@ def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should
     assert report["version"] in card and "{{" not in card and source.training["machine"]["cpu"] in card
     assert json.loads((tmp_path / "models" / "card.json").read_text())["version"] == report["version"]
     assert half_precision(source).threshold == source.threshold
+
+
+# ---- distillation from a teacher ------------------------------------------------------------------
+
+def test_relational_distillation_is_zero_for_the_same_geometry_and_projection_learns():
+    from trainer.distill import ProjectedDistillation, RelationalDistillation, build_distiller
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(16, 128, generator=g), dim=1)
+    have = torch.ones(16, dtype=torch.bool)
+    same_geometry = torch.cat([teacher, torch.zeros(16, 384)], dim=1)  # 512-d, identical cosines
+    relation = RelationalDistillation()
+    assert float(relation(same_geometry, teacher, have)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.nn.functional.normalize(torch.randn(16, 512, generator=g), dim=1)
+    assert float(relation(other, teacher, have)) > 0.01
+    assert float(relation(other, teacher, torch.zeros(16, dtype=torch.bool))) == 0.0  # no teacher, no term
+
+    projection = ProjectedDistillation()
+    opt = torch.optim.SGD(projection.parameters(), lr=0.5)
+    before = projection(same_geometry, teacher, have).item()
+    for _ in range(50):
+        loss = projection(same_geometry, teacher, have)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert projection(same_geometry, teacher, have).item() < 0.5 * before
+    assert build_distiller("none") is None
+    with pytest.raises(ValueError, match="relation"):
+        build_distiller("attention")
+
+
+def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, tmp_path):
+    """The trainer finds teacher vectors by image path in the cache `trainer teacher` writes
+    (written here directly: dlib itself is tested below where it is installed)."""
+    from recognizer.preprocess import AlignmentRecipe
+    from trainer import teacher as teacher_mod
+
+    dataset = discover(synthetic_celeba)
+    key = teacher_mod.cache_key(dataset, AlignmentRecipe().crop_box)
+    rng = np.random.default_rng(0)
+    per_identity = {ident: rng.normal(size=128) for ident in set(dataset.identities)}
+    vectors = np.stack([per_identity[i] + 0.1 * rng.normal(size=128) for i in dataset.identities]).astype(np.float32)
+    done = np.arange(len(vectors)) % 4 != 0  # a partly filled cache: those rows get no term
+    teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, done)
+
+    config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0)
+    trainer = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None, teacher_cache=tmp_path)
+    rows = trainer.splits.train
+    assert 0 < trainer.teacher_have[rows].sum() < len(rows)
+    assert np.allclose(np.linalg.norm(trainer.teacher[trainer.teacher_have], axis=1), 1.0, atol=1e-5)
+    trainer.fit()
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 < history[0]["distill_loss"] <= 2.0
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["distiller"]
+
+
+def test_dlib_teacher_fills_its_cache_in_shards(tmp_path):
+    pytest.importorskip("dlib", reason="dlib is a training-time extra: pip install --no-deps -r bench/requirements.txt")
+    from trainer import teacher as teacher_mod
+
+    root = tmp_path / "src"
+    (root / "img_align_celeba").mkdir(parents=True)
+    rows = []
+    for ident in (1, 2):
+        for n in range(2):
+            synthetic_face(ident, n).save(root / "img_align_celeba" / f"{ident}_{n}.jpg")
+            rows.append(f"{ident}_{n}.jpg {ident}\n")
+    (root / "identity_CelebA.txt").write_text("".join(rows))
+    first = teacher_mod.fill(root, tmp_path, (0, 2))
+    vectors, have = teacher_mod.load(discover(root), tmp_path)
+    assert first["embedded"] == 2 and have.tolist() == [True, False, True, False]
+    teacher_mod.fill(root, tmp_path, (1, 2))
+    vectors, have = teacher_mod.load(discover(root), tmp_path)
+    assert have.all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert teacher_mod.fill(root, tmp_path, (0, 2))["embedded"] == 0  # resumed: nothing left to do

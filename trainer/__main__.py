@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="override any config field, e.g. --set random_erase=0.5 (repeatable; for ablations)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     fit.add_argument("--cache", default=".cache", help="where decoded crops are cached ('' for none)")
+    fit.add_argument("--teacher-cache", default=".cache", help="where `trainer teacher` cached dlib's vectors")
     fit.add_argument("--device", default=None)
 
     prep = sub.add_parser("prepare", help="fetched CelebA images + labels -> the CelebA layout the loader reads")
@@ -36,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--exclude", default=None, help="identities never to train on (celeba_extra/excluded_ids.txt)")
     prep.add_argument("--shard", default="0/1", help="K/N: this process does every N-th image from K")
     prep.add_argument("--threads", type=int, default=None)
+
+    tea = sub.add_parser("teacher", help="cache dlib's embedding of every image of a CelebA-layout source")
+    tea.add_argument("--data", required=True, help="celeba1k or a `trainer prepare` output")
+    tea.add_argument("--cache", default=".cache", help="cache folder (outside git; default .cache)")
+    tea.add_argument("--shard", default="0/1", help="K/N: this process does every N-th image from K")
+    tea.add_argument("--threads", type=int, default=None)
 
     rel = sub.add_parser("release", help="a run's model.pt -> models/facerec.pt (fp16), measured, with its model card")
     rel.add_argument("--model", required=True, help="the run's model.pt (fp32)")
@@ -72,13 +79,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m trainer fit: {exc.args[0]}", file=sys.stderr)
             return 2
         Trainer(args.data, config, args.out, resume=args.resume, cache_dir=args.cache or None,
-                device=args.device, extra_dirs=args.extra).fit(until=args.until)
+                device=args.device, extra_dirs=args.extra,
+                teacher_cache=args.teacher_cache).fit(until=args.until)
         return 0
     if args.command == "prepare":
         from .prepare import prepare
 
         k, n = (int(v) for v in args.shard.split("/"))
         print(prepare(args.source, args.labels, args.kind, args.out, args.exclude, (k, n)))
+        return 0
+    if args.command == "teacher":
+        from .teacher import fill
+
+        k, n = (int(v) for v in args.shard.split("/"))
+        print(fill(args.data, args.cache, (k, n)))
         return 0
     if args.command == "release":
         from pathlib import Path

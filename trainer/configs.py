@@ -34,6 +34,11 @@ class TrainConfig:
     # config's 16 epochs, held-out top-1 fell from 0.840 to 0.797 (it learns slower; see BENCHMARKS).
     random_erase: float = 0.0
     extra_min_images: int = 2  # extra sources: identities with fewer images are left out
+    # Distillation from dlib's network (trainer/teacher.py fills its cache first): "none" |
+    # "relation" (pairwise cosine matrices) | "projection" (learned 512->128, cosine). Not yet
+    # measured at full scale: off in the shipped configs.
+    distill: str = "none"
+    distill_weight: float = 0.0
     seed: int = 0
     workers_threads: int | None = None
 

@@ -168,15 +168,16 @@ def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.Pa
 
 def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, extra_dirs: list[Path],
                       recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None,
-                      min_images: int) -> tuple[np.ndarray, np.ndarray, Splits, list[dict]]:
+                      min_images: int) -> tuple[np.ndarray, np.ndarray, Splits, list[dict], list[Path]]:
     """Append training-only sources after the main one. Every extra identity gets a label of its
     own, distinct from every other source's (the same CelebA id in two sources stays two labels:
     the sources are declared disjoint, and a merge would only hide a mistake). Identities with
     fewer than ``min_images`` images are left out (CosFace cannot learn a class from one image).
-    The split (held-out identities and images) stays that of the main source."""
+    The split (held-out identities and images) stays that of the main source. Also returns the
+    appended images' paths, in order (what teacher vectors are looked up by)."""
     summary = []
     next_label = int(labels.max()) + 1 if len(labels) else 0
-    parts_crops, parts_labels, train = [crops], [labels], [splits.train]
+    parts_crops, parts_labels, train, paths = [crops], [labels], [splits.train], []
     offset = len(labels)
     for directory in extra_dirs:
         dataset = discover(directory)
@@ -186,6 +187,7 @@ def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, ext
         classes, counts = np.unique(extra_labels, return_counts=True)
         keep = np.isin(extra_labels, classes[counts >= min_images])
         extra_crops, extra_labels = extra_crops[keep], extra_labels[keep]
+        paths += [p for p, k in zip([p for p, o in zip(dataset.paths, ok) if o], keep) if k]
         _, extra_labels = np.unique(extra_labels, return_inverse=True)
         parts_crops.append(extra_crops)
         parts_labels.append(extra_labels + next_label)
@@ -196,6 +198,6 @@ def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, ext
         next_label += int(extra_labels.max()) + 1 if len(extra_labels) else 0
         offset += len(extra_labels)
     if not extra_dirs:
-        return crops, labels, splits, summary
+        return crops, labels, splits, summary, paths
     return (np.concatenate(parts_crops), np.concatenate(parts_labels),
-            Splits(np.concatenate(train), splits.closed_val, splits.open_set), summary)
+            Splits(np.concatenate(train), splits.closed_val, splits.open_set), summary, paths)

@@ -27,6 +27,7 @@ from . import metrics
 from .configs import TrainConfig
 from .cosface import CosFaceHead
 from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits
+from .distill import build_distiller
 from .precision import autocast, cpu_name, resolve_precision
 
 THRESHOLD_FAR = 1e-3
@@ -155,7 +156,7 @@ class Trainer:
     def __init__(self, data_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike,
                  resume: bool = False, cache_dir: str | os.PathLike | None = ".cache",
                  device: str | None = None, threads: int | None = None,
-                 extra_dirs: Sequence[str | os.PathLike] = ()) -> None:
+                 extra_dirs: Sequence[str | os.PathLike] = (), teacher_cache: str | os.PathLike = ".cache") -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -182,8 +183,9 @@ class Trainer:
         self.splits = (Splits.from_dict(checkpoint["splits"]) if checkpoint else
                        make_splits(labels, config.open_identities, config.val_per_identity, config.seed))
         self.main_splits = self.splits  # what a resume rebuilds from; extra sources are appended anew
-        self.crops, labels, self.splits, self.extra_summary = add_extra_sources(
+        self.crops, labels, self.splits, self.extra_summary, extra_paths = add_extra_sources(
             self.crops, labels, self.splits, self.extra_dirs, self.recipe, cache_dir, config.extra_min_images)
+        self.paths = [p for p, k in zip(dataset.paths, ok) if k] + extra_paths
         self.labels = labels
         train_classes = np.unique(labels[self.splits.train])
         self.class_index = {int(c): i for i, c in enumerate(train_classes)}
@@ -193,8 +195,19 @@ class Trainer:
         self.head = CosFaceHead(512, len(train_classes), config.scale, config.margin).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.distiller = build_distiller(config.distill)
+        self.teacher = self.teacher_have = None
+        if self.distiller is not None:
+            from .teacher import targets_for
+
+            self.distiller = self.distiller.to(self.device)
+            self.teacher, self.teacher_have = targets_for(self.paths, [self.data_dir, *self.extra_dirs],
+                                                          teacher_cache, self.recipe)
+            print(f"teacher: {int(self.teacher_have[self.splits.train].sum())} of {len(self.splits.train)} "
+                  f"training images have a dlib vector ({config.distill}, weight {config.distill_weight})", flush=True)
+        extra_params = list(self.distiller.parameters()) if self.distiller is not None else []
         self.optimizer = torch.optim.SGD(
-            list(self.model.parameters()) + list(self.head.parameters()), lr=config.lr,
+            list(self.model.parameters()) + list(self.head.parameters()) + extra_params, lr=config.lr,
             momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
         self.steps_per_epoch = max(1, len(self.splits.train) // config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -204,6 +217,8 @@ class Trainer:
         if checkpoint:
             self.model.load_state_dict(checkpoint["backbone"])
             self.head.load_state_dict(checkpoint["head"])
+            if self.distiller is not None and checkpoint.get("distiller"):
+                self.distiller.load_state_dict(checkpoint["distiller"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
             self.start_epoch = int(checkpoint["epoch"]) + 1
@@ -228,7 +243,7 @@ class Trainer:
         self.head.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, total_distill, correct, seen = 0.0, 0.0, 0, 0
         start = time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
                    mininterval=10)
@@ -249,6 +264,12 @@ class Trainer:
             with autocast(self.precision, device):
                 embeddings = self.model(batch)
             loss, cosines = self.head(embeddings.float(), targets)
+            if self.distiller is not None:
+                rows = self.splits.train[sel]
+                distill = self.distiller(embeddings.float(), torch.from_numpy(self.teacher[rows]).to(device),
+                                         torch.from_numpy(self.teacher_have[rows]).to(device))
+                total_distill += distill.item() * len(sel)
+                loss = loss + config.distill_weight * distill
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -260,6 +281,7 @@ class Trainer:
                             lr=f"{self.scheduler.get_last_lr()[0]:.4f}", refresh=False)
         elapsed = time.time() - start
         return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                **({"distill_loss": total_distill / max(seen, 1)} if self.distiller is not None else {}),
                 "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
                 "lr": self.scheduler.get_last_lr()[0], "margin": self.head.margin}
 
@@ -307,6 +329,7 @@ class Trainer:
     def save_checkpoint(self, epoch: int) -> None:
         checkpoint = {
             "epoch": epoch, "backbone": self.model.state_dict(), "head": self.head.state_dict(),
+            "distiller": self.distiller.state_dict() if self.distiller is not None else {},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "config": self.config.to_dict(), "splits": self.main_splits.to_dict(), "history": self.history,
             "extra_sources": [str(d) for d in self.extra_dirs], "rng": rng_state(),

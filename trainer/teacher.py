@@ -1,0 +1,139 @@
+"""dlib's face recognition network as a training-time teacher, its embeddings cached once per image.
+
+The network (``dlib_face_recognition_resnet_model_v1``, PyPI ``face-recognition-models``) and its
+5-point landmark model are in the public domain (CC0). dlib's 68-point model is not used. The
+teacher runs only here, never in the service: the served model stays ours.
+
+dlib costs about 0.12 s a face on one core and does not batch, so every training image is
+embedded once, ahead of training, into ``<cache>/teacher/`` (outside the repository; never
+committed): one file per shard of ``--shard K/N`` so two processes can fill it at once, saved
+every few hundred images so a killed fill resumes. dlib gets each aligned 178x218 frame with the
+recipe's crop box as the known face location, as ``bench.accuracy_vs_dlib`` gives it celeba1k.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recognizer.images import load_image
+from recognizer.preprocess import AlignmentRecipe
+
+from .data import Dataset, discover
+
+TEACHER_DIM = 128
+SAVE_EVERY = 500
+
+
+class DlibTeacher:
+    """dlib's 5-point landmarks + ResNet descriptor, loaded once."""
+
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
+            try:
+                import dlib
+                import face_recognition_models as models
+            except ImportError as exc:
+                raise SystemExit(f"the teacher needs dlib ({exc}): "
+                                 ".venv/bin/pip install --no-deps -r bench/requirements.txt") from None
+        self._dlib = dlib
+        self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
+        self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+        self.version = f"dlib {dlib.__version__} dlib_face_recognition_resnet_model_v1"
+
+    def embed(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """128-d descriptor of the face in ``box`` = (x0, y0, x1, y1); unit-normalised here, so
+        the student can be taught cosines (dlib's own metric is the euclidean distance of raw
+        descriptors, whose norms are all close to 1)."""
+        x0, y0, x1, y1 = box
+        shape = self._shape(image, self._dlib.rectangle(x0, y0, x1, y1))
+        vec = np.asarray(self._net.compute_face_descriptor(image, shape), dtype=np.float32)
+        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+
+
+def cache_key(dataset: Dataset, box: tuple[int, int, int, int]) -> str:
+    """Names the image list and how dlib was given the face: another list or box misses."""
+    src = json.dumps(["dlib-frame-box", list(box), [str(p) for p in dataset.paths]])
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
+
+
+def _shard_path(cache_dir: Path, key: str, shard: tuple[int, int]) -> Path:
+    return cache_dir / "teacher" / f"{key}-{shard[0]}of{shard[1]}.npz"
+
+
+def _save(path: Path, vectors: np.ndarray, done: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, vectors=vectors, done=done)
+    os.replace(tmp, path)
+
+
+def fill(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = ".cache", shard: tuple[int, int] = (0, 1),
+         recipe: AlignmentRecipe | None = None, teacher: DlibTeacher | None = None) -> dict:
+    """Embed this shard's images (every N-th from K) of a CelebA-layout source; resumable."""
+    recipe = recipe or AlignmentRecipe()
+    dataset = discover(data_dir)
+    if dataset.layout != "celeba":
+        raise ValueError(f"{data_dir}: the teacher reads aligned CelebA-layout frames (run `trainer prepare`)")
+    key = cache_key(dataset, recipe.crop_box)
+    path = _shard_path(Path(cache_dir), key, shard)
+    vectors = np.zeros((len(dataset.paths), TEACHER_DIM), np.float32)
+    done = np.zeros(len(dataset.paths), bool)
+    if path.is_file():
+        with np.load(path) as saved:
+            vectors, done = saved["vectors"], saved["done"]
+    teacher = teacher or DlibTeacher()
+    mine = [i for i in range(shard[0], len(dataset.paths), shard[1]) if not done[i]]
+    fw, fh = recipe.frame_size
+    for n, i in enumerate(tqdm(mine, desc=f"teacher {shard[0] + 1}/{shard[1]}", unit="img", mininterval=10)):
+        image = load_image(dataset.paths[i])
+        sx, sy = image.shape[1] / fw, image.shape[0] / fh
+        x0, y0, x1, y1 = recipe.crop_box
+        vectors[i] = teacher.embed(image, (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)))
+        done[i] = True
+        if (n + 1) % SAVE_EVERY == 0:
+            _save(path, vectors, done)
+    _save(path, vectors, done)
+    return {"data": str(data_dir), "key": key, "shard": list(shard), "embedded": len(mine),
+            "done_in_shard": int(done[shard[0]::shard[1]].sum()), "images": len(dataset.paths)}
+
+
+def load(dataset: Dataset, cache_dir: str | os.PathLike = ".cache",
+         recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors Nx128 float32, have mask) for every image of ``dataset``, merged over whatever
+    shards exist; images no shard has embedded yet have ``have == False``."""
+    recipe = recipe or AlignmentRecipe()
+    key = cache_key(dataset, recipe.crop_box)
+    vectors = np.zeros((len(dataset.paths), TEACHER_DIM), np.float32)
+    have = np.zeros(len(dataset.paths), bool)
+    for path in sorted((Path(cache_dir) / "teacher").glob(f"{key}-*of*.npz")):
+        with np.load(path) as saved:
+            if saved["done"].shape != have.shape:
+                continue
+            vectors[saved["done"]] = saved["vectors"][saved["done"]]
+            have |= saved["done"]
+    return vectors, have
+
+
+def targets_for(paths: list[Path], sources: list[Path], cache_dir: str | os.PathLike = ".cache",
+                recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher vectors for these training images (any of ``sources``), centred over the images
+    that have one and re-normalised (see trainer/distill.py for why), with the have-mask."""
+    lookup: dict[str, np.ndarray] = {}
+    for source in sources:
+        dataset = discover(source)
+        vectors, have = load(dataset, cache_dir, recipe)
+        lookup.update({str(p): v for p, v, h in zip(dataset.paths, vectors, have) if h})
+    out = np.zeros((len(paths), TEACHER_DIM), np.float32)
+    have = np.array([str(p) in lookup for p in paths], bool)
+    if have.any():
+        out[have] = np.stack([lookup[str(p)] for p, h in zip(paths, have) if h])
+        out[have] -= out[have].mean(0)
+        out[have] /= np.maximum(np.linalg.norm(out[have], axis=1, keepdims=True), 1e-12)
+    return out, have

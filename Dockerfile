@@ -1,8 +1,9 @@
 # CPU image for the face-recognition server and its enrollment workers.
 #   docker build -t facerec .
-#   docker run -e REDIS_URL=redis://redis:6379/0 -v $PWD/runs/cpu:/models:ro facerec            # server
-#   docker run -e REDIS_URL=redis://redis:6379/0 -v $PWD/runs/cpu:/models:ro facerec python worker.py
-# The model is not baked in: mount a directory holding model.pt at /models (see docker-compose.yml).
+#   docker run -e REDIS_URL=redis://redis:6379/0 facerec                      # server, shipped model
+#   docker run -e REDIS_URL=redis://redis:6379/0 facerec python worker.py
+# The release model (models/facerec.pt) is baked in. Your own: mount it and set MODEL_PATH, e.g.
+#   -v $PWD/runs/NAME:/custom:ro -e MODEL_PATH=/custom/model.pt
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,8 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OMP_WAIT_POLICY=PASSIVE \
-    TORCH_THREADS=1 \
-    MODEL_PATH=/models/model.pt
+    TORCH_THREADS=1
 
 # libgomp: OpenMP runtime used by faiss-cpu and torch; libglib2.0-0: needed by OpenCV's wheels.
 RUN apt-get update \
@@ -31,6 +31,7 @@ COPY recognizer/ recognizer/
 COPY index/ index/
 COPY trainer/ trainer/
 COPY service/ service/
+COPY models/ models/
 COPY server.py worker.py gunicorn.conf.py ./
 
 RUN useradd --create-home --uid 10001 app

@@ -3,7 +3,7 @@
 # REDIS_URL (or starts a local redis-server with deploy/redis.conf, AOF on, data in .cache/redis),
 # starts WORKERS enrollment workers in the background and the gunicorn server in the foreground.
 # Ctrl-C stops the server and the workers (a Redis this script started keeps running).
-#   PORT=8000 WORKERS=1 WEB_CONCURRENCY=2 MODEL_PATH=runs/cpu/model.pt scripts/up.sh
+#   PORT=8000 WORKERS=1 WEB_CONCURRENCY=2 MODEL_PATH=runs/NAME/model.pt scripts/up.sh  (default: models/facerec.pt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
@@ -11,16 +11,10 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 PORT=${PORT:-8000}
 WORKERS=${WORKERS:-1}
 
-if [ -z "${MODEL_PATH:-}" ] && ! ls runs/*/model.pt >/dev/null 2>&1; then
-  cat >&2 <<'MSG'
-No model yet. Train one (the product's model, about 80-100 minutes on 2 CPU cores):
-  .venv/bin/python -m trainer fit --data ../shared/data/celeba1k --config cpu --out runs/cpu
-or, to try the plumbing in a few seconds with a useless toy model:
-  .venv/bin/python -m trainer fit --data <a small CelebA-layout or folder-per-person set> --config tiny --out runs/tiny
-or set MODEL_PATH to an existing model.pt.
-MSG
-  exit 1
-fi
+# The model: MODEL_PATH, else the release model that ships in models/ (no training needed).
+model=$(.venv/bin/python -c "from recognizer.artifact import default_model_path; print(default_model_path())")
+[ -f "$model" ] || { echo "model not found: $model (MODEL_PATH=${MODEL_PATH:-unset})" >&2; exit 1; }
+echo "model: $model"
 
 redis_ping() { .venv/bin/python -c "import redis,sys; redis.Redis.from_url('$REDIS_URL', socket_timeout=2).ping()" 2>/dev/null; }
 if ! redis_ping; then

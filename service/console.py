@@ -31,6 +31,12 @@ def page() -> Response:
     return response
 
 
+@console.get("/favicon.ico")
+def favicon() -> Response:
+    """The tab icon, where browsers look for it (a 404 here fills server logs and consoles)."""
+    return send_from_directory(STATIC, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400)
+
+
 @console.after_request
 def headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP

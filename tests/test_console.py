@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,8 @@ class LiveServer:
 
         self.app = app
         self.redis = redis.Redis.from_url(redis_url)
-        self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        self.identify_delay = 0.0  # seconds every /v1/identify answer is held back: a slow server
+        self.httpd = make_server("127.0.0.1", 0, self._serve, threaded=True)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.httpd.serve_forever, name="console-http", daemon=True)]
@@ -101,6 +103,11 @@ class LiveServer:
             self.threads.append(threading.Thread(target=self._work, name="console-worker", daemon=True))
         for t in self.threads:
             t.start()
+
+    def _serve(self, environ, start_response):
+        if self.identify_delay and environ.get("PATH_INFO") == "/v1/identify":
+            time.sleep(self.identify_delay)
+        return self.app(environ, start_response)
 
     def _work(self) -> None:
         from service import jobs
@@ -114,7 +121,8 @@ class LiveServer:
             self.stop.wait(0.1)
 
     def reset(self) -> None:
-        """An empty gallery (and this process's cache following it)."""
+        """An empty gallery (and this process's cache following it), answering at full speed."""
+        self.identify_delay = 0.0
         self.redis.flushdb()
         self.app.extensions["facerec"].cache.rebuild()
 
@@ -175,19 +183,29 @@ def live(open_server):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    """Chromium as on a machine with no camera."""
+    chromium = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    yield from _page(browser)
+
+
+def _page(browser, **options):
+    context = browser.new_context(viewport=DESKTOP, accept_downloads=True, **options)
     context.set_default_timeout(20_000)
     page = context.new_page()
     errors: list[str] = []
@@ -223,6 +241,9 @@ def test_console_files_are_served(service_app_factory):
     script = client.get("/console/console.js")
     assert script.status_code == 200 and script.mimetype in ("text/javascript", "application/javascript")
     assert client.get("/console/console.css").mimetype == "text/css"
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/vnd.microsoft.icon"
+    assert Image.open(io.BytesIO(icon.data)).format == "ICO"
     missing = client.get("/console/nope.js")
     assert missing.status_code == 404 and missing.json["error"] == "not_found"  # the API's error shape
 
@@ -277,6 +298,24 @@ def test_enroll_through_the_page(live, page, images):
     assert [(p["name"], p["image_count"]) for p in people] == [("Eileen Collins", 2)]
     shot(page, "enroll-phone", PHONE)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
+
+
+@requires_browser
+@pytest.mark.parametrize("width", [DESKTOP["width"], PHONE["width"], 300])
+def test_tab_strip_never_scrolls_vertically(live, page, width):
+    """Nothing sticks out below the tab strip: with its sideways scrolling (overflow-x: auto)
+    any vertical overflow would show a scrollbar in desktop Chromium (headless hides it)."""
+    page.set_viewport_size({"width": width, "height": 800})
+    page.goto(live.url + "/")
+    for tab in ("#tab-enroll", "#tab-identify", "#tab-camera"):
+        page.click(tab)
+        strip = page.eval_on_selector(".tabs", "t => [t.scrollHeight, t.clientHeight, t.scrollWidth, t.clientWidth, "
+                                      "getComputedStyle(t).overflowY]")
+        assert strip[0] <= strip[1], f"tab strip overflows vertically at {width} px: {strip}"
+        assert strip[4] == "hidden"
+        tabs = page.eval_on_selector_all(".tabs [role=tab]", "ts => ts.map(t => t.getBoundingClientRect().bottom)")
+        bottom = page.eval_on_selector(".tabs", "t => t.getBoundingClientRect().bottom")
+        assert all(b <= bottom + 0.5 for b in tabs), (tabs, bottom)
 
 
 @requires_browser
@@ -364,9 +403,10 @@ def test_identify_group_photo_boxes_roster_and_csv(live, page, images):
     chooser.set_files(payload(images, "pair.jpg"))
     page.wait_for_selector("#identify-status:has-text('2 faces found')")
     assert page.inner_text("#identify-status") == "2 faces found in pair.jpg: 2 recognised, 0 unknown."
-    labels = page.locator("#identify-boxes .face-label").all_inner_texts()
+    labels = page.eval_on_selector_all("#identify-boxes .face-label", "ls => ls.map(l => l.title)")
     assert len(labels) == 2, labels
-    assert all(re.fullmatch(rf"{i}\. Eileen Collins \d\.\d{{3}}", label) for i, label in enumerate(labels, 1)), labels
+    assert all(re.fullmatch(rf"{i}\. Eileen Collins \d\.\d{{3,6}}", label) for i, label in enumerate(labels, 1)), labels
+    assert page.locator("#identify-boxes .face-label").first.inner_text() == labels[0]
     api_faces = live.api("POST", "/v1/identify", files={"image": ("pair.jpg", images["pair.jpg"])}).json()["faces"]
     _assert_boxes_match(page, api_faces)
     lefts = [b[0] for b in _box_geometry(page)["boxes"]]
@@ -492,3 +532,211 @@ def open_chooser_with_enter(page, attempts: int = 3):
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+# -- the camera checkpoint: Chromium's fake camera plays a video made here from a real photo ---------
+
+CAMERA_SIZE = (640, 480)
+CAMERA_FPS = 5
+FACE_SECONDS, EMPTY_SECONDS = 5, 6  # somebody in view, then nobody: two appearances in 11 s
+
+
+def rgb_to_i420(rgb: np.ndarray) -> bytes:
+    """One 4:2:0 frame in BT.601 limited range, as Chromium's y4m reader decodes it."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+
+    def half(plane: np.ndarray) -> np.ndarray:
+        return plane.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    return b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, half(cb), half(cr)))
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """An uncompressed YUV4MPEG2 video: what --use-file-for-fake-video-capture plays (in a loop)."""
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n" + rgb_to_i420(frame))
+    return path
+
+
+def camera_scene(photo: Path) -> np.ndarray:
+    """The photo fitted into a camera-sized picture on a grey wall."""
+    img = Image.open(photo).convert("RGB")
+    img.thumbnail(CAMERA_SIZE)
+    scene = Image.new("RGB", CAMERA_SIZE, (128, 128, 128))
+    scene.paste(img, ((CAMERA_SIZE[0] - img.width) // 2, (CAMERA_SIZE[1] - img.height) // 2))
+    return np.asarray(scene)
+
+
+@pytest.fixture(scope="module")
+def camera_browser(playwright, tmp_path_factory):
+    """Chromium with a fake camera: with FACE_DATA it plays a person stepping in front of it and
+    away again, in a loop; without, Chromium's own test pattern (enough for the permission test)."""
+    args = CHROMIUM_ARGS + ["--use-fake-device-for-media-stream"]
+    if face_data() is not None:
+        scene = camera_scene(face_data() / "facenet_samples" / "test_images" / "angelina_jolie" / "1.jpg")
+        empty = np.full_like(scene, 128)
+        frames = [scene] * (FACE_SECONDS * CAMERA_FPS) + [empty] * (EMPTY_SECONDS * CAMERA_FPS)
+        video = write_y4m(tmp_path_factory.mktemp("camera") / "checkpoint.y4m", frames, CAMERA_FPS)
+        args.append(f"--use-file-for-fake-video-capture={video}")
+    chromium = playwright.chromium.launch(executable_path=_chromium(), args=args)
+    yield chromium
+    chromium.close()
+
+
+GRAB_FRAME = """() => {
+    const video = document.getElementById('camera-video');
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext('2d').drawImage(video, 0, 0);
+    return canvas.toDataURL('image/jpeg', 0.9);
+}"""
+
+# Every /v1/identify fetch the page made, as [start, end] in ms (the browser's Resource Timing).
+IDENTIFY_TIMES = """since => performance.getEntriesByType('resource')
+    .filter(e => e.name.endsWith('/v1/identify') && e.startTime >= since)
+    .map(e => [e.startTime, e.responseEnd])"""
+
+# Counts, from now on, the announcements and the frames answered with a recognised face.
+WATCH_CAMERA = """() => {
+    window.watch = {announcements: [], recognisedFrames: 0, frames: 0};
+    new MutationObserver(() => watch.announcements.push(document.getElementById('camera-announce').textContent))
+        .observe(document.getElementById('camera-announce'), {childList: true});
+    new MutationObserver(() => {
+        watch.frames += 1;
+        if (document.querySelector('#camera-boxes .face-box.known')) watch.recognisedFrames += 1;
+    }).observe(document.getElementById('camera-boxes'), {childList: true});
+}"""
+
+
+def _identify_times(page, since: float = 0.0) -> list[list[float]]:
+    times = sorted(page.evaluate(IDENTIFY_TIMES, since))
+    for (start, end), (next_start, _) in zip(times, times[1:]):
+        assert next_start >= end, f"two frames in flight at once: {times}"
+    return times
+
+
+@requires_browser
+@requires_face_data
+def test_camera_checkpoint(live, camera_browser):
+    from base64 import b64decode
+
+    pages = _page(camera_browser, permissions=["camera"])
+    page = next(pages)
+    page.goto(live.url + "/#camera")
+    assert page.get_attribute("#tab-camera", "aria-selected") == "true"
+    page.wait_for_selector("#key-state:has-text('Open server')")
+    assert page.inner_text("#visits-summary") == "Nobody seen yet." and page.is_disabled("#visits-csv")
+    page.click("#camera-start")
+    page.wait_for_selector("#camera-status:has-text('Camera on')")
+
+    # Nobody is enrolled: the face in view gets a box labelled "unknown", over the face.
+    page.wait_for_selector("#camera-boxes .face-box.unknown", timeout=30_000)
+    assert page.locator("#camera-boxes .face-label").all_inner_texts() == ["1. unknown"]
+    video = page.eval_on_selector("#camera-video", "v => { const r = v.getBoundingClientRect(); "
+                                  "return [r.left, r.top, r.width, r.height, v.videoWidth, v.videoHeight]; }")
+    assert video[4:] == list(CAMERA_SIZE)
+    box = page.eval_on_selector("#camera-boxes .face-box", "b => { const r = b.getBoundingClientRect(); "
+                                "return [r.left, r.top, r.width, r.height]; }")
+    scene_left = video[0] + video[2] * (1 - 390 / 640) / 2  # the 390 x 480 photo, centred
+    assert scene_left < box[0] and box[0] + box[2] < video[0] + video[2] - (scene_left - video[0])
+    assert video[1] < box[1] and box[3] > 0.1 * video[3]
+
+    # About one frame a second, each sent only after the previous one was answered.
+    page.wait_for_timeout(4500)
+    times = _identify_times(page)
+    assert len(times) >= 4, times
+    gaps = [b[0] - a[0] for a, b in zip(times, times[1:])]
+    assert all(gap >= 900 for gap in gaps), gaps  # never faster than one a second
+    # ... and no slower than the server makes it: the next frame goes as soon as it may.
+    late = sorted(b[0] - max(a[0] + 1000, a[1]) for a, b in zip(times, times[1:]))
+    assert late[len(late) // 2] < 300, (late, times)
+
+    # Enroll the person from a frame the page itself shows, then watch two appearances: each
+    # is announced and logged once, however many frames recognise the person.
+    for _ in range(40):
+        frame = b64decode(page.evaluate(GRAB_FRAME).split(",", 1)[1])
+        faces = live.api("POST", "/v1/identify", files={"image": ("frame.jpg", frame)}).json()["faces"]
+        if len(faces) == 1:
+            break
+        page.wait_for_timeout(250)
+    assert len(faces) == 1, "no frame with the face in it"
+    page.evaluate(WATCH_CAMERA)
+    person = live.enroll("Camera Person", frame)
+    page.wait_for_selector("#visits tbody tr:nth-child(2)", timeout=60_000)
+    watch = page.evaluate("window.watch")
+    assert len(watch["announcements"]) == 2, watch
+    assert all(a.startswith("Recognised: Camera Person (score ") for a in watch["announcements"]), watch
+    assert watch["recognisedFrames"] >= 4, watch  # several frames per appearance, one announcement each
+    assert page.locator("#visits tbody th").all_inner_texts() == ["Camera Person", "Camera Person"]
+    assert page.inner_text("#visits-summary") == "2 visits by 1 person."
+    threshold = live.app.extensions["facerec"].recognizer.threshold
+    page.wait_for_selector("#camera-boxes .face-box.known")
+    assert re.fullmatch(r"1\. Camera Person \d\.\d{3,6}", page.locator("#camera-boxes .face-label").inner_text())
+    shot(page, "camera-desktop")
+
+    with page.expect_download() as download_info:
+        page.click("#visits-csv")
+    download = download_info.value
+    assert re.fullmatch(r"visits-\d{4}-\d\d-\d\d-\d{4}\.csv", download.suggested_filename)
+    rows = list(csv.reader(io.StringIO(Path(download.path()).read_bytes().decode("utf-8-sig"))))
+    assert rows[0] == ["name", "person_id", "seen_at", "score"]
+    assert [r[:2] for r in rows[1:]] == [["Camera Person", person]] * 2
+    assert all(float(r[3]) >= threshold for r in rows[1:]), rows
+    first, second = (np.datetime64(r[2].rstrip("Z")) for r in rows[1:])
+    assert (second - first) / np.timedelta64(1, "s") >= EMPTY_SECONDS, rows  # gone in between
+
+    # A slow server (2.5 s an answer) still gets one frame at a time, never a queue of them.
+    live.identify_delay = 2.5
+    since = page.evaluate("performance.now()")
+    page.wait_for_timeout(8000)
+    times = _identify_times(page, since)
+    assert 2 <= len(times) <= 4, times
+    assert all(end - start >= 2400 for start, end in times if end), times
+
+    # Stopping releases the camera and sends nothing more.
+    live.identify_delay = 0.0
+    page.click("#camera-stop")
+    page.wait_for_selector("#camera-status:has-text('Camera off.')")
+    assert page.evaluate("document.getElementById('camera-video').srcObject") is None
+    stopped = page.evaluate("performance.now()")  # (a frame already in flight is still answered)
+    page.wait_for_timeout(3500)
+    assert page.evaluate(IDENTIFY_TIMES, stopped) == []
+    next(pages, None)
+
+
+@requires_browser
+def test_camera_refused_or_missing(camera_browser, browser, open_server):
+    """The page says plainly when the camera permission is refused and when there is no camera."""
+    refused = _page(camera_browser)  # a fake camera exists, but the permission is not granted
+    page = next(refused)
+    page.goto(open_server.url + "/#camera")
+    page.click("#camera-start")
+    page.wait_for_selector("#camera-error:visible")
+    assert page.inner_text("#camera-error").startswith("The camera permission was refused")
+    assert page.inner_text("#camera-status") == "Camera off."
+    assert page.is_enabled("#camera-start") and page.is_disabled("#camera-stop")
+    assert page.is_hidden("#camera-stage") and page.evaluate(IDENTIFY_TIMES, 0) == []
+    shot(page, "camera-refused")
+    next(refused, None)
+
+    missing = _page(browser, permissions=["camera"])  # allowed, but this browser has no camera
+    page = next(missing)
+    page.goto(open_server.url + "/#camera")
+    cameras = page.evaluate("navigator.mediaDevices.enumerateDevices()"
+                            ".then(ds => ds.filter(d => d.kind === 'videoinput').length)")
+    if cameras:
+        next(missing, None)
+        pytest.skip("this machine has a camera: the no-camera message cannot be shown")
+    page.click("#camera-start")
+    page.wait_for_selector("#camera-error:visible")
+    assert page.inner_text("#camera-error") == \
+        "No camera was found on this computer. Connect a camera, then press Start camera."
+    next(missing, None)

@@ -9,6 +9,7 @@
 (() => {
   const KEY_STORAGE = "facerec.apiKey";
   const ATTENDANCE_STORAGE = "facerec.attendance";
+  const VISITS_STORAGE = "facerec.visits";
   const FINAL_JOB_STATES = new Set(["finished", "failed", "canceled", "stopped"]);
   const STATUS_TEXT = {
     pending: "Waiting",
@@ -33,13 +34,14 @@
     auth: null,            // "open" | "api_keys" (from /health)
     key: sessionStorage.getItem(KEY_STORAGE) || "",
     model: "",             // the model version the server runs (from /health)
+    scoreDigits: 3,        // decimals that show the model's threshold as it is (0.99994, not 1.000)
     people: [],            // every person, from GET /v1/people (all pages)
     peopleLoaded: false,
     enrollFiles: [],       // [{file, url, row}]
     enrollBusy: false,
     identifySeq: 0,
     identifyUrl: null,
-    attendance: loadAttendance(),  // person_id -> {name, cosine, seen_at, photo}
+    attendance: loadStored(ATTENDANCE_STORAGE, {}),  // person_id -> {name, cosine, seen_at, photo}
   };
 
   // -- small helpers ---------------------------------------------------------------------
@@ -67,7 +69,22 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const plural = (n, one, many) => `${n} ${n === 1 ? one : many || one + "s"}`;
-  const fmtScore = (cosine) => (typeof cosine === "number" ? cosine.toFixed(3) : "");
+  const fmtScore = (cosine) => (typeof cosine === "number" ? cosine.toFixed(state.scoreDigits) : "");
+
+  /** Decimals (3 to 6) that show two significant digits of a threshold's distance from 1:
+   *  0.99994 must not read "1.000", and scores printed alike can be compared with it by eye. */
+  function scoreDigits(threshold) {
+    const gap = 1 - threshold;
+    return gap > 0 ? Math.min(6, Math.max(3, Math.floor(-Math.log10(gap)) + 2)) : 3;
+  }
+
+  function loadStored(key, fallback) {
+    try {
+      return JSON.parse(sessionStorage.getItem(key) || "null") || fallback;
+    } catch (_) {
+      return fallback;
+    }
+  }
 
   function fmtDate(seconds) {
     if (!seconds) return "";
@@ -197,7 +214,7 @@
 
   // -- tabs ------------------------------------------------------------------------------
 
-  const tabs = [$("tab-enroll"), $("tab-identify")];
+  const tabs = [$("tab-enroll"), $("tab-identify"), $("tab-camera")];
 
   function selectTab(tab, focus) {
     for (const t of tabs) {
@@ -206,6 +223,7 @@
       t.tabIndex = selected ? 0 : -1;
       $(t.getAttribute("aria-controls")).hidden = !selected;
     }
+    if (tab.id !== "tab-camera" && camera.stream) stopCamera("Camera stopped: you left the checkpoint tab.");
     if (focus) tab.focus();
     history.replaceState(null, "", `#${tab.id.replace("tab-", "")}`);
   }
@@ -598,14 +616,6 @@
 
   // -- identify & attendance -------------------------------------------------------------
 
-  function loadAttendance() {
-    try {
-      return JSON.parse(sessionStorage.getItem(ATTENDANCE_STORAGE) || "{}") || {};
-    } catch (_) {
-      return {};
-    }
-  }
-
   function saveAttendance() {
     sessionStorage.setItem(ATTENDANCE_STORAGE, JSON.stringify(state.attendance));
   }
@@ -659,32 +669,36 @@
       : `No face found in ${file.name}.`;
   }
 
-  function renderFaces(result, photoName) {
-    const img = $("identify-img");
-    const width = img.naturalWidth;
-    const height = img.naturalHeight;
-    const boxes = $("identify-boxes");
-    const list = $("identify-faces");
-    result.faces.forEach((face, i) => {
+  /** A box over every face, labelled "n. name score" or "n. unknown", in percentages of the
+   *  picture's own size (width x height pixels): the boxes follow it at any displayed size. */
+  function drawBoxes(container, faces, width, height) {
+    container.replaceChildren();
+    if (!width || !height) return;
+    faces.forEach((face, i) => {
       const [x0, y0, x1, y1] = face.box;
       const known = face.decision === "match" && face.person;
       const label = known ? `${face.person.name} ${fmtScore(face.person.cosine)}` : "unknown";
-      if (width && height) {
-        // Percentages of the photo's own size: the boxes follow the image at any displayed size.
-        const left = Math.max(0, x0) / width * 100;
-        const top = Math.max(0, y0) / height * 100;
-        const box = el("div", { class: `face-box ${known ? "known" : "unknown"}`, "data-face": String(i + 1) },
-          el("span", {
-            // Above the box (inside it at the top edge), growing away from the nearer side edge.
-            class: `face-label${y0 / height < 0.08 ? " inside" : ""}${(x0 + x1) / 2 > width / 2 ? " end" : ""}`,
-            title: `${i + 1}. ${label}`,
-          }, el("span", { class: "face-num", text: `${i + 1}.` }), el("span", { class: "face-name", text: ` ${label}` })));
-        box.style.left = `${left}%`;
-        box.style.top = `${top}%`;
-        box.style.width = `${(Math.min(width, x1) - Math.max(0, x0)) / width * 100}%`;
-        box.style.height = `${(Math.min(height, y1) - Math.max(0, y0)) / height * 100}%`;
-        boxes.append(box);
-      }
+      const box = el("div", { class: `face-box ${known ? "known" : "unknown"}`, "data-face": String(i + 1) },
+        el("span", {
+          // Above the box (inside it at the top edge), growing away from the nearer side edge.
+          class: `face-label${y0 / height < 0.08 ? " inside" : ""}${(x0 + x1) / 2 > width / 2 ? " end" : ""}`,
+          title: `${i + 1}. ${label}`,
+        }, el("span", { class: "face-num", text: `${i + 1}.` }), el("span", { class: "face-name", text: ` ${label}` })));
+      box.style.left = `${Math.max(0, x0) / width * 100}%`;
+      box.style.top = `${Math.max(0, y0) / height * 100}%`;
+      box.style.width = `${(Math.min(width, x1) - Math.max(0, x0)) / width * 100}%`;
+      box.style.height = `${(Math.min(height, y1) - Math.max(0, y0)) / height * 100}%`;
+      container.append(box);
+    });
+    fitLabels(container);
+  }
+
+  function renderFaces(result, photoName) {
+    const img = $("identify-img");
+    const list = $("identify-faces");
+    drawBoxes($("identify-boxes"), result.faces, img.naturalWidth, img.naturalHeight);
+    result.faces.forEach((face) => {
+      const known = face.decision === "match" && face.person;
       const best = face.matches && face.matches[0];
       const text = known
         ? `${face.person.name}, score ${fmtScore(face.person.cosine)}`
@@ -692,15 +706,14 @@
       list.append(el("li", { class: known ? "known" : "unknown" }, text));
     });
     if (!result.faces.length) list.append(el("li", { class: "none", text: `No face found in ${photoName}.` }));
-    fitLabels();
     $("identify-faces").setAttribute("aria-label",
       `Faces found (match at score ${fmtScore(result.threshold)} or more)`);
   }
 
   /** Labels that would cover one another (small display, crowded photo) shrink to their number;
    *  the numbered list under the photo always has every name. Largest faces keep their names. */
-  function fitLabels() {
-    const labels = Array.from(document.querySelectorAll("#identify-boxes .face-label"));
+  function fitLabels(container) {
+    const labels = Array.from(container.querySelectorAll(".face-label"));
     labels.forEach((label) => label.classList.remove("compact"));
     const placed = [];
     for (const label of labels) {
@@ -711,7 +724,7 @@
     }
   }
 
-  new ResizeObserver(() => fitLabels()).observe($("identify-stage"));
+  new ResizeObserver(() => fitLabels($("identify-boxes"))).observe($("identify-stage"));
 
   function renderRoster() {
     const tbody = $("roster").tBodies[0];
@@ -752,14 +765,19 @@
     const lines = [["name", "person_id", "status", "score", "seen_at", "photo"]];
     for (const r of rosterRows()) {
       lines.push([r.name, r.person_id, r.present ? "present" : "absent",
-        r.present ? r.cosine.toFixed(4) : "", r.seen_at, r.photo]);
+        r.present ? r.cosine.toFixed(Math.max(4, state.scoreDigits)) : "", r.seen_at, r.photo]);
     }
+    saveCsv("attendance", lines);
+  }
+
+  /** Offer `lines` (header first) as <prefix>-<date>-<time>.csv, made in the browser. */
+  function saveCsv(prefix, lines) {
     const text = lines.map((line) => line.map(csvField).join(",")).join("\r\n") + "\r\n";
     // A byte-order mark so that spreadsheet programs read accented names as UTF-8.
     const blob = new Blob(["\ufeff", text], { type: "text/csv;charset=utf-8" });
     const url = URL.createObjectURL(blob);
     const stamp = new Date().toISOString().slice(0, 16).replace("T", "-").replace(":", "");
-    const link = el("a", { href: url, download: `attendance-${stamp}.csv` });
+    const link = el("a", { href: url, download: `${prefix}-${stamp}.csv` });
     document.body.append(link);
     link.click();
     link.remove();
@@ -779,10 +797,249 @@
     $("roster-summary").textContent += " New register started.";
   });
 
+  // -- camera checkpoint -----------------------------------------------------------------
+  // The camera's picture is checked one frame at a time: a frame is taken about every second
+  // (FRAME_INTERVAL_MS after the previous one was taken, or when its answer arrives if that is
+  // later), so there is never more than one /v1/identify request in flight, however slow the
+  // server. A person is announced and logged once per appearance: they count as gone after
+  // GONE_AFTER_FRAMES answered frames in a row without them, and seen again after that is a new visit.
+
+  const FRAME_INTERVAL_MS = 1000;
+  const GONE_AFTER_FRAMES = 3;
+  const FRAME_MAX_SIDE = 640;  // frames are scaled down to this before upload: faces stay large enough
+  const camera = {
+    stream: null,
+    starting: false,
+    timer: null,
+    busy: false,          // a frame's request is in flight
+    generation: 0,        // bumped on stop: an answer for a stopped camera is dropped
+    frames: 0,
+    present: new Map(),   // person_id -> {missed, visit}: who is in front of the camera now
+    visits: loadStored(VISITS_STORAGE, []),  // [{person_id, name, seen_at, score}], newest first
+    canvas: document.createElement("canvas"),
+  };
+
+  function cameraErrorText(error) {
+    const name = error && error.name;
+    if (name === "NotAllowedError" || name === "PermissionDeniedError" || name === "SecurityError") {
+      return "The camera permission was refused, so the checkpoint cannot see anyone. Allow the camera for " +
+        "this site (the camera icon in the address bar, or the browser's site settings), then press Start camera.";
+    }
+    if (name === "NotFoundError" || name === "DevicesNotFoundError" || name === "OverconstrainedError") {
+      return "No camera was found on this computer. Connect a camera, then press Start camera.";
+    }
+    if (name === "NotReadableError" || name === "TrackStartError" || name === "AbortError") {
+      return "The camera could not be started: another program may be using it. Close that program, then press Start camera.";
+    }
+    return `The camera could not be started (${name || "error"}: ${(error && error.message) || "no details"}).`;
+  }
+
+  async function startCamera() {
+    if (camera.stream || camera.starting) return;
+    showError($("camera-error"), "");
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      showError($("camera-error"), window.isSecureContext
+        ? "This browser cannot use a camera."
+        : "The browser gives the camera only to pages opened over HTTPS or from this computer itself " +
+          "(http://localhost or http://127.0.0.1): open the console that way to use the camera.");
+      return;
+    }
+    camera.starting = true;
+    $("camera-start").disabled = true;
+    $("camera-status").textContent = "Asking for the camera…";
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: false, video: { width: { ideal: 1280 }, height: { ideal: 720 } } });
+    } catch (error) {
+      $("camera-status").textContent = "Camera off.";
+      showError($("camera-error"), cameraErrorText(error));
+      return;
+    } finally {
+      camera.starting = false;
+      $("camera-start").disabled = false;
+    }
+    if ($("panel-camera").hidden) {  // the operator left the tab while the browser was asking
+      stream.getTracks().forEach((track) => track.stop());
+      $("camera-status").textContent = "Camera off.";
+      return;
+    }
+    const video = $("camera-video");
+    video.srcObject = stream;
+    camera.stream = stream;
+    camera.generation += 1;
+    camera.present.clear();
+    for (const track of stream.getVideoTracks()) {
+      track.addEventListener("ended", () => stopCamera("The camera was disconnected."));
+    }
+    $("camera-stage").hidden = false;
+    $("camera-start").disabled = true;
+    $("camera-stop").disabled = false;
+    $("camera-status").textContent = "Camera on: checking about one frame a second.";
+    try {
+      await video.play();
+    } catch (_) {
+      // play() rejects when stopped meanwhile; a live stream with autoplay blocked still gives frames
+    }
+    scheduleFrame(0);
+  }
+
+  function stopCamera(message) {
+    if (!camera.stream) return;
+    camera.stream.getTracks().forEach((track) => track.stop());
+    camera.stream = null;
+    camera.generation += 1;
+    camera.present.clear();
+    clearTimeout(camera.timer);
+    $("camera-video").srcObject = null;
+    $("camera-stage").hidden = true;
+    $("camera-boxes").replaceChildren();
+    $("camera-start").disabled = false;
+    $("camera-stop").disabled = true;
+    $("camera-status").textContent = message || "Camera off.";
+  }
+
+  function scheduleFrame(delay) {
+    clearTimeout(camera.timer);
+    camera.timer = setTimeout(sendFrame, Math.max(0, delay));
+  }
+
+  /** The video's current picture as a JPEG, at most FRAME_MAX_SIDE pixels on its longer side. */
+  function grabFrame(video) {
+    const scale = Math.min(1, FRAME_MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
+    const canvas = camera.canvas;
+    canvas.width = Math.round(video.videoWidth * scale);
+    canvas.height = Math.round(video.videoHeight * scale);
+    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+    return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9))
+      .then((blob) => ({ blob, width: canvas.width, height: canvas.height }));
+  }
+
+  async function sendFrame() {
+    if (!camera.stream || camera.busy) return;
+    const video = $("camera-video");
+    if (!video.videoWidth || video.readyState < 2) {  // no picture yet
+      scheduleFrame(100);
+      return;
+    }
+    const generation = camera.generation;
+    const takenAt = performance.now();
+    const takenAtIso = new Date().toISOString();
+    camera.busy = true;
+    let frame = null;
+    let result = null;
+    let failure = null;
+    try {
+      frame = await grabFrame(video);
+      if (!frame.blob) throw new Error("the browser could not encode the camera picture");
+      camera.frames += 1;
+      const form = new FormData();
+      form.append("image", frame.blob, `camera-frame-${camera.frames}.jpg`);
+      result = await api("POST", "/v1/identify", form);
+    } catch (error) {
+      failure = error;
+    } finally {
+      camera.busy = false;
+    }
+    if (generation !== camera.generation) {  // stopped (and maybe restarted) while waiting
+      if (camera.stream) scheduleFrame(0);
+      return;
+    }
+    if (failure) {
+      showError($("camera-error"), `Frame not checked: ${failure.message}`);
+      if (failure.status === 401 || failure.status === 403) {
+        stopCamera("Camera stopped: the server refused the API key.");
+        return;
+      }
+    } else {
+      showError($("camera-error"), "");
+      drawBoxes($("camera-boxes"), result.faces, frame.width, frame.height);
+      const known = result.faces.filter((f) => f.decision === "match" && f.person).length;
+      $("camera-frame-info").textContent = result.faces.length
+        ? `${plural(result.faces.length, "face")} in view: ${known} recognised, ${result.faces.length - known} unknown.`
+        : "Nobody in view.";
+      noteVisits(result.faces, takenAtIso);
+    }
+    scheduleFrame(takenAt + FRAME_INTERVAL_MS - performance.now());
+  }
+
+  function noteVisits(faces, seenAt) {
+    const inView = new Map();  // person_id -> their best match in this frame
+    for (const face of faces) {
+      if (face.decision !== "match" || !face.person) continue;
+      const seen = inView.get(face.person.person_id);
+      if (!seen || face.person.cosine > seen.cosine) inView.set(face.person.person_id, face.person);
+    }
+    for (const [personId, here] of camera.present) {
+      if (inView.has(personId)) continue;
+      here.missed += 1;
+      if (here.missed >= GONE_AFTER_FRAMES) camera.present.delete(personId);
+    }
+    const arrived = [];
+    for (const [personId, person] of inView) {
+      const here = camera.present.get(personId);
+      if (here) {
+        here.missed = 0;
+        here.visit.score = Math.max(here.visit.score, person.cosine);  // the best look of this visit
+      } else {
+        const visit = { person_id: personId, name: person.name, seen_at: seenAt, score: person.cosine };
+        camera.visits.unshift(visit);
+        camera.present.set(personId, { missed: 0, visit });
+        arrived.push(visit);
+      }
+    }
+    if (arrived.length) announce(arrived);
+    if (inView.size) {
+      sessionStorage.setItem(VISITS_STORAGE, JSON.stringify(camera.visits));
+      renderVisits();
+    }
+  }
+
+  function announce(visits) {
+    const box = $("camera-announce");
+    const names = visits.map((v) => `${v.name} (score ${fmtScore(v.score)})`);
+    box.textContent = `Recognised: ${names.join(", ")} at ${new Date(visits[0].seen_at).toLocaleTimeString()}`;
+    box.hidden = false;
+  }
+
+  function renderVisits() {
+    const tbody = $("visits").tBodies[0];
+    tbody.replaceChildren();
+    for (const v of camera.visits) {
+      tbody.append(el("tr", { "data-person-id": v.person_id },
+        el("th", { scope: "row", text: v.name }),
+        el("td", {}, el("time", { datetime: v.seen_at, text: new Date(v.seen_at).toLocaleTimeString() })),
+        el("td", { class: "num", text: fmtScore(v.score) })));
+    }
+    const people = new Set(camera.visits.map((v) => v.person_id)).size;
+    $("visits-summary").textContent = camera.visits.length
+      ? `${plural(camera.visits.length, "visit")} by ${plural(people, "person", "people")}.`
+      : "Nobody seen yet.";
+    $("visits-csv").disabled = !camera.visits.length;
+    $("visits-clear").disabled = !camera.visits.length;
+  }
+
+  $("camera-start").addEventListener("click", startCamera);
+  $("camera-stop").addEventListener("click", () => stopCamera("Camera off."));
+  $("visits-csv").addEventListener("click", () => {
+    const lines = [["name", "person_id", "seen_at", "score"]];
+    for (const v of camera.visits.slice().reverse()) {  // oldest first, as a log reads
+      lines.push([v.name, v.person_id, v.seen_at, v.score.toFixed(Math.max(4, state.scoreDigits))]);
+    }
+    saveCsv("visits", lines);
+  });
+  $("visits-clear").addEventListener("click", async () => {
+    if (!(await confirmAction(`Clear the visit log (${plural(camera.visits.length, "visit")})?`, "Clear log"))) return;
+    camera.visits = [];
+    sessionStorage.removeItem(VISITS_STORAGE);
+    renderVisits();
+    $("visits-summary").textContent = "Log cleared. Nobody seen yet.";
+  });
+  renderVisits();
+
   // -- start -----------------------------------------------------------------------------
 
   async function start() {
-    const initial = location.hash === "#identify" ? $("tab-identify") : $("tab-enroll");
+    const initial = tabs.find((t) => `#${t.id.replace("tab-", "")}` === location.hash) || $("tab-enroll");
     selectTab(initial, false);
     let health;
     try {
@@ -799,6 +1056,8 @@
     }
     state.auth = health.auth;
     state.model = health.model_version;
+    if (typeof health.model_threshold === "number") state.scoreDigits = scoreDigits(health.model_threshold);
+    renderVisits();
     renderServerInfo();
     renderKeyState();
     if (state.auth === "api_keys" && !state.key) {

@@ -68,11 +68,17 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "responses": {"200": _ok("OpenAPI document", {"type": "object"})},
         }},
         "/": {"get": {
-            "summary": "The web console: an HTML page for enrollment and attendance, a client of /v1 "
-                       "(it asks the operator for an API key and sends it like any other client)",
+            "summary": "The web console: an HTML page for enrollment, attendance and a camera checkpoint, "
+                       "a client of /v1 (it asks the operator for an API key and sends it like any other client)",
             "security": [],
             "responses": {"200": {"description": "The console page",
                                   "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/favicon.ico": {"get": {
+            "summary": "The console's tab icon", "security": [],
+            "responses": {"200": {"description": "An ICO file",
+                                  "content": {"image/vnd.microsoft.icon": {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}},
         }},
         "/console/{filename}": {
             "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"},

@@ -273,7 +273,7 @@ def enroll() -> Any:
     # Validate every reference before the first write: a bad entry must not leave half a batch.
     for e in entries:
         if e.person_id is not None:
-            svc.store.get_person(e.person_id)
+            e.name = svc.store.get_person(e.person_id).name  # answered with the rest, not null
         else:
             e.name = check_name(e.name)
             check_metadata(e.metadata)

@@ -269,3 +269,14 @@ def test_a_job_embeds_its_faces_in_chunks(service_app_factory, redis_server, fac
     assert person["image_count"] == 5
     stored = {i["image_hash"] for i in person["images"]}
     assert stored == {r["image_hash"] for r in view["results"] if r["status"] == "enrolled"}
+
+
+def test_enroll_into_an_existing_person_answers_with_their_name(client, face_jpeg):
+    pid = client.post("/v1/people", json={"name": "Ada Lovelace"}).json["person_id"]
+    as_json = client.post("/v1/enroll", json={"person_id": pid, "images": [b64(face_jpeg)]})
+    assert as_json.status_code == 202, as_json.json
+    assert as_json.json["people"] == [{"person_id": pid, "name": "Ada Lovelace", "created": False, "images": 1}]
+    as_form = client.post("/v1/enroll", data={"person_id": pid, "images": (io.BytesIO(face_jpeg), "ada.jpg")},
+                          content_type="multipart/form-data")
+    assert as_form.status_code == 202, as_form.json
+    assert as_form.json["people"] == [{"person_id": pid, "name": "Ada Lovelace", "created": False, "images": 1}]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ from .errors import FaceServiceError
 def resolve_model(path: str | None) -> Path:
     """``--model``, else ``MODEL_PATH``, else the shipped release model."""
     return Path(path) if path else default_model_path()
+
+
+def score_digits(threshold: float) -> int:
+    """Decimals (3 to 6) that show two significant digits of the threshold's distance from 1, so
+    that 0.99994 does not print as 1.000; cosines printed alike can be compared with it by eye."""
+    gap = 1.0 - threshold
+    return min(6, max(3, math.floor(-math.log10(gap)) + 2)) if gap > 0 else 3
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -60,6 +68,7 @@ def _identify(args: argparse.Namespace) -> int:
     recognizer = Recognizer(resolve_model(args.model), threads=args.threads, detect_max_side=args.detect_max_side)
     gallery = Gallery.load(args.gallery, recognizer.version)
     threshold = recognizer.threshold if args.threshold is None else args.threshold
+    digits = score_digits(threshold)
     for path in args.images:
         try:
             faces = recognizer.analyze(path)
@@ -76,8 +85,8 @@ def _identify(args: argparse.Namespace) -> int:
             head = matches[0].name if decision == "match" else "unknown"
             print(f"  face {n} [{box}] p={face.face.probability:.3f}: {head}")
             for m in matches:
-                print(f"      {m.name:<24} cosine {m.cosine:+.3f}  angle {m.angle_deg:5.1f} deg")
-    print(f"(threshold {threshold:.3f}, model {recognizer.version})")
+                print(f"      {m.name:<24} cosine {m.cosine:+.{digits}f}  angle {m.angle_deg:5.1f} deg")
+    print(f"(threshold {threshold:.{digits}f}, model {recognizer.version})")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,7 +229,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_cli_enrolls_and_identifies(tiny_model, astronaut, tmp_path):
+def test_cli_prints_scores_with_enough_digits():
+    from recognizer.cli import score_digits
+
+    assert [score_digits(t) for t in (0.41234, 0.6, 0.9923, 0.99994, 0.9999999, 1.0, 1.01, -0.2)] == \
+        [3, 3, 4, 6, 6, 3, 3, 3]
+    assert f"{0.99994:.{score_digits(0.99994)}f}" == "0.999940"  # not "1.000"
+
+
+def test_cli_enrolls_and_identifies(tiny_model, recognizer, astronaut, tmp_path):
     enroll_img = tmp_path / "eileen.jpg"
     Image.fromarray(astronaut).save(enroll_img, quality=95)
     probe = tmp_path / "probe.jpg"
@@ -243,6 +252,9 @@ def test_cli_enrolls_and_identifies(tiny_model, astronaut, tmp_path):
     out = run_cli("identify", "--model", str(tiny_model), "--gallery", str(gallery), str(probe))
     assert out.returncode == 0, out.stderr
     assert "1 face(s)" in out.stdout and ": Eileen Collins" in out.stdout
+    # The tiny model's threshold is close to 1: printed so that it does not read as 1.000.
+    printed = float(re.search(r"\(threshold ([0-9.]+),", out.stdout).group(1))
+    assert abs((1 - printed) - (1 - recognizer.threshold)) <= 0.05 * (1 - recognizer.threshold), out.stdout
     out = run_cli("identify", "--model", str(tiny_model), "--gallery", str(gallery), "--threshold", "1.01",
                   str(probe))
     assert ": unknown" in out.stdout

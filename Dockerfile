@@ -21,11 +21,12 @@ RUN apt-get update \
 WORKDIR /app
 
 # Heavy, rarely changing layers first. torch from the CPU index (PyPI's default wheel is CUDA);
-# facenet-pytorch without its (obsolete) pins on torch/numpy/Pillow/torchvision.
+# facenet-pytorch without its (obsolete) pins on torch/numpy/Pillow/torchvision; pip's conflict
+# warning about those pins is expected and switched off (--no-warn-conflicts), see scripts/install.sh.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
  && pip install facenet-pytorch==2.6.0 --no-deps
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+RUN pip install --no-warn-conflicts -r requirements.txt
 
 COPY recognizer/ recognizer/
 COPY index/ index/

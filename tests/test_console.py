@@ -616,7 +616,12 @@ WATCH_CAMERA = """() => {
 }"""
 
 
-def _identify_times(page, since: float = 0.0) -> list[list[float]]:
+def _identify_times(page, since: float = 0.0, wait_for: int = 0) -> list[list[float]]:
+    """The page's identify requests since `since` (after `wait_for` of them were answered), checked
+    to never overlap: the next one starts only after the previous one's answer has arrived."""
+    if wait_for:
+        page.wait_for_function(f"since => ({IDENTIFY_TIMES})(since).filter(t => t[1] > 0).length >= {wait_for}",
+                               arg=since, timeout=60_000)
     times = sorted(page.evaluate(IDENTIFY_TIMES, since))
     for (start, end), (next_start, _) in zip(times, times[1:]):
         assert next_start >= end, f"two frames in flight at once: {times}"
@@ -650,14 +655,12 @@ def test_camera_checkpoint(live, camera_browser):
     assert video[1] < box[1] and box[3] > 0.1 * video[3]
 
     # About one frame a second, each sent only after the previous one was answered.
-    page.wait_for_timeout(4500)
-    times = _identify_times(page)
-    assert len(times) >= 4, times
+    times = _identify_times(page, wait_for=5)
     gaps = [b[0] - a[0] for a, b in zip(times, times[1:])]
     assert all(gap >= 900 for gap in gaps), gaps  # never faster than one a second
-    # ... and no slower than the server makes it: the next frame goes as soon as it may.
-    late = sorted(b[0] - max(a[0] + 1000, a[1]) for a, b in zip(times, times[1:]))
-    assert late[len(late) // 2] < 300, (late, times)
+    # ... and no slower than the server makes it (on a busy machine an answer can take longer).
+    durations = [end - start for start, end in times[:-1]]
+    assert np.mean(gaps) <= max(1000, np.mean(durations)) + 500, (gaps, durations)
 
     # Enroll the person from a frame the page itself shows, then watch two appearances: each
     # is announced and logged once, however many frames recognise the person.
@@ -670,17 +673,24 @@ def test_camera_checkpoint(live, camera_browser):
     assert len(faces) == 1, "no frame with the face in it"
     page.evaluate(WATCH_CAMERA)
     person = live.enroll("Camera Person", frame)
-    page.wait_for_selector("#visits tbody tr:nth-child(2)", timeout=60_000)
+    page.wait_for_function("() => { const visits = document.querySelectorAll('#visits tbody tr').length;"
+                           " return visits >= 2 && watch.recognisedFrames >= visits + 2; }", timeout=90_000)
+    page.click("#camera-stop")  # (the log stops growing while it is checked)
     watch = page.evaluate("window.watch")
-    assert len(watch["announcements"]) == 2, watch
+    visits = page.locator("#visits tbody th").all_inner_texts()
+    assert visits == ["Camera Person"] * len(visits)
+    # One announcement per visit, though more frames than that recognised the person.
+    assert len(watch["announcements"]) == len(visits) < watch["recognisedFrames"], watch
     assert all(a.startswith("Recognised: Camera Person (score ") for a in watch["announcements"]), watch
-    assert watch["recognisedFrames"] >= 4, watch  # several frames per appearance, one announcement each
-    assert page.locator("#visits tbody th").all_inner_texts() == ["Camera Person", "Camera Person"]
-    assert page.inner_text("#visits-summary") == "2 visits by 1 person."
+    assert page.inner_text("#visits-summary") == f"{len(visits)} visits by 1 person."
     threshold = live.app.extensions["facerec"].recognizer.threshold
+    page.click("#camera-start")
     page.wait_for_selector("#camera-boxes .face-box.known")
     assert re.fullmatch(r"1\. Camera Person \d\.\d{3,6}", page.locator("#camera-boxes .face-label").inner_text())
     shot(page, "camera-desktop")
+    shot(page, "camera-phone", PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    page.set_viewport_size(DESKTOP)
 
     with page.expect_download() as download_info:
         page.click("#visits-csv")
@@ -688,18 +698,19 @@ def test_camera_checkpoint(live, camera_browser):
     assert re.fullmatch(r"visits-\d{4}-\d\d-\d\d-\d{4}\.csv", download.suggested_filename)
     rows = list(csv.reader(io.StringIO(Path(download.path()).read_bytes().decode("utf-8-sig"))))
     assert rows[0] == ["name", "person_id", "seen_at", "score"]
-    assert [r[:2] for r in rows[1:]] == [["Camera Person", person]] * 2
+    assert len(rows) - 1 >= len(visits)  # (a visit may have begun since the restart)
+    assert [r[:2] for r in rows[1:]] == [["Camera Person", person]] * (len(rows) - 1)
     assert all(float(r[3]) >= threshold for r in rows[1:]), rows
-    first, second = (np.datetime64(r[2].rstrip("Z")) for r in rows[1:])
-    assert (second - first) / np.timedelta64(1, "s") >= EMPTY_SECONDS, rows  # gone in between
+    seen = [np.datetime64(r[2].rstrip("Z")) for r in rows[1:len(visits) + 1]]
+    gaps = [(b - a) / np.timedelta64(1, "s") for a, b in zip(seen, seen[1:])]
+    assert all(gap >= EMPTY_SECONDS for gap in gaps), rows  # gone in between: oldest first, one per visit
 
     # A slow server (2.5 s an answer) still gets one frame at a time, never a queue of them.
     live.identify_delay = 2.5
-    since = page.evaluate("performance.now()")
-    page.wait_for_timeout(8000)
-    times = _identify_times(page, since)
-    assert 2 <= len(times) <= 4, times
+    since = page.evaluate("performance.now()") + 1500  # (after the frame in flight now)
+    times = _identify_times(page, since, wait_for=3)
     assert all(end - start >= 2400 for start, end in times if end), times
+    assert all(b[0] - a[0] >= 2400 for a, b in zip(times, times[1:])), times
 
     # Stopping releases the camera and sends nothing more.
     live.identify_delay = 0.0

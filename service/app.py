@@ -26,6 +26,7 @@ from .config import ServiceConfig, load_config
 from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
+from .jobs import JOB_SERIALIZER
 from .metrics import Metrics
 from .models import ModelSet, build_models
 from .store import GalleryStore
@@ -75,8 +76,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             cache.rebuild()
     except ServiceUnavailableError as exc:  # start anyway; /health says 503 until Redis is back
         log.error("Redis unreachable at start-up (%s); the gallery will load on the first request", exc.message)
+    queue = Queue(cfg.enroll_queue, connection=conn, serializer=JOB_SERIALIZER)
     service = Service(config=cfg, models=models, redis=conn, stores=stores, caches=caches,
-                      queue=Queue(cfg.enroll_queue, connection=conn), metrics=Metrics(conn, cfg.redis_key_prefix))
+                      queue=queue, metrics=Metrics(conn, cfg.redis_key_prefix))
     app.extensions[EXTENSION] = service
 
     for warning in startup_warnings(cfg):

@@ -47,6 +47,7 @@ class ServiceConfig:
     result_ttl: int = 24 * 3600  # finished job results stay readable this long
     failure_ttl: int = 7 * 24 * 3600
     job_timeout: int = 3600
+    job_heartbeat: int = 10  # a running job's heartbeat (s); a dead worker's job is retried after 3 missed
     job_retries: int = 3  # transient (Redis) failures
     job_retry_intervals: tuple[int, ...] = (5, 30, 120)
     change_stream_maxlen: int = 100_000
@@ -135,7 +136,7 @@ def _parse(name: str, raw: Any) -> Any:
 def _check(c: ServiceConfig) -> None:
     positive = ["max_image_bytes", "max_image_pixels", "max_images_per_request", "max_content_length",
                 "min_face_size", "enroll_embed_batch", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
-                "failure_ttl", "job_timeout", "change_stream_maxlen"]
+                "failure_ttl", "job_timeout", "job_heartbeat", "change_stream_maxlen"]
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")

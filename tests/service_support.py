@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
+
+from service.rqworker import EnrollWorker
 
 PREFIX = "fr"
 
@@ -39,9 +40,9 @@ def altered(arr: np.ndarray, scale: float = 0.85, quality: int = 70, brightness:
     return encode(out, quality=quality)
 
 
-class InProcessWorker(SimpleWorker):
-    """rq's SimpleWorker (no fork), usable from any thread: no signal handlers, and job
-    timeouts by timer instead of SIGALRM (which only the main thread may use)."""
+class InProcessWorker(EnrollWorker):
+    """The service's worker (no fork, JSON jobs), usable from any thread: no signal handlers,
+    and job timeouts by timer instead of SIGALRM (which only the main thread may use)."""
 
     death_penalty_class = TimerDeathPenalty
 

@@ -103,13 +103,16 @@ class Stack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def start_redis(self) -> redis.Redis:
-        """A redis-server without persistence on a free port; returns a client once it answers."""
-        self.redis_port = free_port()
+    def start_redis(self, persistent: bool = False) -> redis.Redis:
+        """A redis-server on a free port (the same port again after :meth:`kill_redis`);
+        ``persistent``: deploy/redis.conf's AOF, fsynced on every write, else no persistence.
+        Returns a client once it answers."""
+        self.redis_port = self.redis_port or free_port()
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        proc = self._spawn("redis", [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                     "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-                                     "--daemonize", "no"])
+        durability = (["--appendfsync", "always"] if persistent else ["--save", "", "--appendonly", "no"])
+        conf = [str(ROOT / "deploy" / "redis.conf")] if persistent else []
+        proc = self._spawn("redis", [exe, *conf, "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                     "--dir", str(self.workdir), *durability, "--daemonize", "no"])
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 20
         while True:
@@ -121,6 +124,18 @@ class Stack:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start:\n{self.log_tail('redis')}")
             time.sleep(0.05)
+
+    def kill_redis(self) -> None:
+        """SIGKILL the redis-server: a crash, nothing saved at exit."""
+        for i, (name, proc) in enumerate(self.procs):
+            if name == "redis":
+                del self.procs[i]
+                proc.kill()
+                proc.wait(10)
+                return
+
+    def process(self, name: str) -> subprocess.Popen:
+        return next(proc for n, proc in self.procs if n == name)
 
     def service_env(self, torch_threads: int, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
@@ -151,13 +166,14 @@ class Stack:
             time.sleep(0.05)
         return base
 
-    def start_worker(self, name: str, torch_threads: int = 1, timeout: float = 300.0) -> None:
-        """``python worker.py`` (TORCH_THREADS per worker); returns once it has registered with
-        RQ, which it does only after loading the model, so no model load overlaps a measurement."""
+    def start_worker(self, name: str, torch_threads: int = 1, timeout: float = 300.0, **extra: str) -> None:
+        """``python worker.py`` (TORCH_THREADS per worker, ``extra`` settings); returns once it has
+        registered with RQ, which it does only after loading the model, so no model load overlaps
+        a measurement."""
         from rq import Worker
 
         proc = self._spawn(name, [sys.executable, "worker.py", "--name", name],
-                           self.service_env(torch_threads))
+                           self.service_env(torch_threads, **extra))
         conn = redis.Redis(port=self.redis_port)
         deadline = time.monotonic() + timeout
         try:
@@ -175,7 +191,7 @@ def stop_process(proc: subprocess.Popen, name: str, grace: float = 20.0) -> None
     after that, so the group id cannot have been reused by an unrelated process."""
     if proc.returncode is not None:  # already reaped: its group id is no longer ours to signal
         return
-    proc.terminate()
+    os.kill(proc.pid, signal.SIGTERM)  # not proc.terminate(): it may reap the leader (a killed one) first
     deadline = time.monotonic() + grace
     while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         if time.monotonic() > deadline:

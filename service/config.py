@@ -49,7 +49,9 @@ class ServiceConfig:
     job_timeout: int = 3600
     job_heartbeat: int = 10  # a running job's heartbeat (s); a dead worker's job is retried after 3 missed
     job_retries: int = 3  # transient (Redis) failures
-    job_retry_intervals: tuple[int, ...] = (5, 30, 120)
+    # The first retry at once: a job whose worker died is requeued by the registry cleanup, and a
+    # delayed retry would wait for RQ's scheduler, whose lock a dead worker holds for up to 61 s.
+    job_retry_intervals: tuple[int, ...] = (0, 30, 120)
     change_stream_maxlen: int = 100_000
     redis_socket_timeout: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, passed to Flask

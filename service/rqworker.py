@@ -18,6 +18,7 @@ Three things plain ``SimpleWorker`` lacks here:
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any, Sequence
@@ -94,7 +95,11 @@ class EnrollWorker(SimpleWorker):
 
 
 def wait_for_redis(connection: Redis, *, interval: float = 1.0, max_interval: float = 10.0) -> None:
-    """Block until Redis answers a PING (backing off up to ``max_interval`` s)."""
+    """Block until Redis answers a PING (backing off up to ``max_interval`` s). SIGTERM/SIGINT
+    meanwhile end the process: there is no job to finish."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_now)
     while True:
         try:
             if connection.ping():
@@ -103,6 +108,10 @@ def wait_for_redis(connection: Redis, *, interval: float = 1.0, max_interval: fl
             log.warning("waiting for Redis: %s", exc)
         time.sleep(interval)
         interval = min(max_interval, interval * 2)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def serve(connection: Redis, queues: Sequence[str], *, heartbeat: int, result_ttl: int,
@@ -119,9 +128,20 @@ def serve(connection: Redis, queues: Sequence[str], *, heartbeat: int, result_tt
             worker.work(burst=burst, with_scheduler=True)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # e.g. in its teardown
             log.warning("worker %s: Redis error: %s", worker.name, exc)
-        if burst or worker._stop_requested:
+        finally:
+            _stop_listening(worker)
+        if burst or worker._shutdown_requested_date is not None:  # asked to stop (RQ sets it on SIGTERM/SIGINT)
             return
         log.warning("worker %s: its loop ended without a stop request (Redis gone?); restarting it once "
                     "Redis answers", worker.name)
         wait_for_redis(connection)
         round_ += 1
+
+
+def _stop_listening(worker: EnrollWorker) -> None:
+    """Stop the worker's pub/sub thread even when its teardown could not reach Redis (it would
+    otherwise retry forever beside the next worker)."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if thread is not None and thread.is_alive():
+        thread.stop()
+        thread.join(timeout=5)

@@ -198,7 +198,7 @@ def test_job_is_enqueued_with_retry_and_result_ttl(client, redis_db, face_jpeg):
 
     job_id = client.post("/v1/enroll", json={"name": "Retry", "images": [b64(face_jpeg)]}).json["job_id"]
     job = Job.fetch(job_id, connection=redis_db, serializer=JOB_SERIALIZER)
-    assert job.retries_left == 3 and job.retry_intervals == [5, 30, 120]
+    assert job.retries_left == 3 and job.retry_intervals == [0, 30, 120]
     assert job.result_ttl == 24 * 3600
     assert len(job.kwargs["spec"]["items"]) == 1 and "upload" in job.kwargs["spec"]["items"][0]
     assert len(redis_db.get(job.kwargs["spec"]["items"][0]["upload"])) == len(face_jpeg)

@@ -6,6 +6,7 @@ get the same shape, and anything unexpected becomes a 500 that names no internal
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 import redis
 from flask import Flask, g, jsonify, request
 from rq import Queue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from recognizer import Recognizer
 from recognizer.errors import AuthError, FaceServiceError
@@ -108,6 +109,7 @@ def _register_hooks(app: Flask, service: Service) -> None:
     def start_timer() -> None:
         g.started = time.perf_counter()
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        _buffer_chunked_body(app.config["MAX_CONTENT_LENGTH"])
 
     @app.after_request
     def record(response):
@@ -116,6 +118,28 @@ def _register_hooks(app: Flask, service: Service) -> None:
         service.metrics.observe(route, request.method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
+
+
+def _buffer_chunked_body(limit: int) -> None:
+    """Read a body sent without Content-Length (chunked) here, up to ``limit`` bytes: over it
+    is a 413. Werkzeug would cut such a body at the limit without a word, and the cut JSON
+    would then read as a 400 "not valid JSON"."""
+    env = request.environ
+    if request.content_length is not None or "chunked" not in env.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return
+    stream, chunks, size = env["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    env["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    env["CONTENT_LENGTH"] = str(size)
+    env.pop("HTTP_TRANSFER_ENCODING", None)
+    env.pop("wsgi.input_terminated", None)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -2,6 +2,8 @@
 hostile requests get a 4xx naming the cause, metrics labels stay bounded."""
 from __future__ import annotations
 
+import io
+import json
 import pickle
 import zlib
 from pathlib import Path
@@ -76,3 +78,84 @@ def test_jobs_are_stored_as_json(service_app_factory, redis_db, astronaut):
     assert func == "service.jobs.enroll_job" and instance is None and args == []
     assert set(kwargs["spec"]) >= {"items", "model_version", "policy"}
     assert json.loads(stored[b"meta"])["progress"] == {"done": 0, "total": 1}
+
+
+# -- hostile requests: a 4xx naming the cause, nothing stored changes ----------------------------
+
+DEEP = 100_000  # levels: enough to make Python's json parser itself raise RecursionError
+
+
+def _deep_json(levels: int = DEEP) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.fixture
+def small_app(service_app_factory):
+    return service_app_factory(MAX_CONTENT_LENGTH=1_000_000)
+
+
+def test_deep_json_is_a_400_everywhere(small_app, redis_db, astronaut):
+    from service_support import gallery_snapshot
+
+    client = small_app.test_client()
+    before = gallery_snapshot(redis_db)
+    deep = _deep_json()
+    photo = ("face.jpg", b"\xff\xd8 not really")
+    cases = [
+        ("/v1/identify", {"data": '{"image": ' + deep + "}", "content_type": "application/json"}, "body"),
+        ("/v1/verify", {"data": '{"image": ' + deep + "}", "content_type": "application/json"}, "body"),
+        ("/v1/people", {"data": '{"name": "x", "metadata": ' + deep + "}", "content_type": "application/json"},
+         "body"),
+        ("/v1/people", {"data": {"name": "x", "metadata": deep}, "content_type": "multipart/form-data"}, "metadata"),
+        ("/v1/people", {"data": {"name": "x", "metadata": deep}}, "metadata"),  # form-urlencoded
+        ("/v1/enroll", {"data": {"name": "x", "metadata": deep, "images": (io.BytesIO(photo[1]), photo[0])},
+                        "content_type": "multipart/form-data"}, "metadata"),
+        # nested deeper than we keep, though shallow enough for the parser
+        ("/v1/people", {"json": {"name": "x", "metadata": {"a": json.loads(_deep_json(40))}}}, "body"),
+        ("/v1/people", {"data": {"name": "x", "metadata": '{"a": ' + _deep_json(40) + "}"},
+                        "content_type": "multipart/form-data"}, "metadata"),
+        ("/v1/enroll", {"json": {"people": [{"name": "x", "images": [], "metadata": json.loads(_deep_json(40))}]}},
+         "body"),
+    ]
+    for url, kwargs, field in cases:
+        response = client.post(url, **kwargs)
+        assert response.status_code == 400, (url, field, response.status_code, response.data[:300])
+        assert "nested too deeply" in response.json["message"] and response.json["details"]["field"] == field, \
+            (url, response.json)
+    assert gallery_snapshot(redis_db) == before
+
+
+def test_a_non_ascii_job_id_is_a_404(small_app):
+    for job_id in ("ä", "１２３", "abc\u0301"):
+        response = small_app.test_client().get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 404 and response.json["error"] == "job_not_found", (job_id, response.data)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(small_app, astronaut):
+    from service_support import b64, encode, head_crop
+
+    client = small_app.test_client()
+    chunked = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    over = b'{"image": "' + b"A" * 1_200_000 + b'"}'
+    response = client.post("/v1/identify", input_stream=io.BytesIO(over), headers=chunked,
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413 and response.json["error"] == "request_too_large", response.data[:300]
+    # Under the limit, a chunked body is read whole, as with a Content-Length.
+    body = json.dumps({"image": b64(encode(head_crop(astronaut)))}).encode()
+    response = client.post("/v1/identify", input_stream=io.BytesIO(body), headers=chunked,
+                           environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 200 and len(response.json["faces"]) == 1, response.data[:300]
+
+
+def test_metrics_labels_are_bounded(small_app, redis_db):
+    client = small_app.test_client()
+    key = "fr:metrics:http"
+    client.get("/health")
+    for i in range(300):
+        client.open("/v1/people", method=f"INVENTED{i}")
+        client.open(f"/no/such/path/{i}", method="GET")
+    fields = {f.decode().split("\t")[0:3][0] for f in redis_db.hkeys(key)}
+    routes = {f.decode().split("\t")[1] for f in redis_db.hkeys(key)}
+    assert fields <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, fields
+    assert "other" in fields and routes <= {"/health", "/v1/people", "unmatched"}, routes
+    assert redis_db.hlen(key) <= 3 * 3 * 16, redis_db.hlen(key)  # (method, route, status) x (count, sum, bucket)

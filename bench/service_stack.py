@@ -114,15 +114,22 @@ class Stack:
         proc = self._spawn("redis", [exe, *conf, "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                      "--dir", str(self.workdir), *durability, "--daemonize", "no"])
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
+        self._wait_ready("redis", proc, client.ping, redis.ConnectionError)
+        return client
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen, ready, errors: type[Exception] | tuple,
+                    timeout: float = 20.0) -> None:
+        """Until ``ready()`` is true (``errors`` count as not yet); raises with the log tail if the
+        process exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                if client.ping():
-                    return client
-            except redis.ConnectionError:
+                if ready():
+                    return
+            except errors:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.log_tail('redis')}")
+                raise RuntimeError(f"{name} did not start:\n{self.log_tail(name)}")
             time.sleep(0.05)
 
     def kill_redis(self) -> None:
@@ -143,12 +150,13 @@ class Stack:
                    OMP_NUM_THREADS=str(torch_threads), **extra)
         return env
 
-    def start_gunicorn(self, web_concurrency: int, torch_threads: int, timeout: float = 300.0) -> str:
-        """gunicorn -c gunicorn.conf.py on a free port; returns the base URL once every worker
-        process has answered /health (each loads the model after the fork)."""
+    def start_gunicorn(self, web_concurrency: int, torch_threads: int, timeout: float = 300.0,
+                       **extra: str) -> str:
+        """gunicorn -c gunicorn.conf.py on a free port (``extra`` settings); returns the base URL
+        once every worker process has answered /health (each loads the model after the fork)."""
         port = free_port()
         env = self.service_env(torch_threads, WEB_CONCURRENCY=str(web_concurrency),
-                               GUNICORN_BIND=f"127.0.0.1:{port}")
+                               GUNICORN_BIND=f"127.0.0.1:{port}", **extra)
         proc = self._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
         base = f"http://127.0.0.1:{port}"
         pids: set[int] = set()
@@ -158,12 +166,29 @@ class Stack:
                 raise RuntimeError(f"gunicorn not ready ({len(pids)}/{web_concurrency} workers):\n"
                                    f"{self.log_tail('gunicorn')}")
             try:
-                r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close"})
+                key = {"X-API-Key": extra["READ_API_KEYS"].split(",")[0]} if extra.get("READ_API_KEYS") else {}
+                r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close", **key})
                 if r.status_code == 200:
                     pids.add(r.json()["pid"])
             except requests.RequestException:
                 pass
             time.sleep(0.05)
+        return base
+
+    def start_nginx(self, upstream: str) -> str:
+        """nginx with deploy/nginx.conf in front of ``upstream`` (a base URL) on a free port;
+        returns its base URL once it proxies /health."""
+        port = free_port()
+        run = self.workdir / "nginx"
+        run.mkdir(exist_ok=True)
+        conf = (ROOT / "deploy" / "nginx.conf").read_text().replace("${LISTEN}", f"127.0.0.1:{port}") \
+            .replace("${UPSTREAM}", upstream.split("://", 1)[1]).replace("${RUNDIR}", str(run))
+        (run / "nginx.conf").write_text(conf)
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        proc = self._spawn("nginx", [exe, "-c", str(run / "nginx.conf"), "-g", "daemon off;"])
+        base = f"http://127.0.0.1:{port}"
+        self._wait_ready("nginx", proc, lambda: requests.get(f"{base}/health", timeout=5).status_code == 200,
+                         requests.RequestException)
         return base
 
     def start_worker(self, name: str, torch_threads: int = 1, timeout: float = 300.0, **extra: str) -> None:

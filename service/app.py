@@ -16,6 +16,7 @@ import redis
 from flask import Flask, g, jsonify, request
 from rq import Queue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from recognizer import Recognizer
 from recognizer.errors import AuthError, FaceServiceError
@@ -28,6 +29,7 @@ from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
 from .jobs import JOB_SERIALIZER
+from .limits import install_inflight_cap, install_limiter
 from .metrics import Metrics
 from .models import ModelSet, build_models
 from .store import GalleryStore
@@ -88,6 +90,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         log.info("model %s (threshold %.4f) loaded, %d people indexed; Redis %s", r.version, r.threshold,
                  len(caches[r.version]), _safe_url(cfg.redis_url))
 
+    if cfg.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)  # type: ignore[method-assign]
+    install_limiter(app, cfg)
+    install_inflight_cap(app, cfg)
     app.register_blueprint(v1)
     app.register_blueprint(ops)
     app.register_blueprint(console)

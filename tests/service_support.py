@@ -57,9 +57,10 @@ def run_worker(connection, queues=("enroll",), name: str | None = None) -> bool:
 
 
 def gallery_snapshot(client, prefix: str = PREFIX) -> dict[bytes, bytes]:
-    """Every key of the service except metrics, with its serialized value: equal snapshots
+    """Every key of the service except request counters, with its serialized value: equal snapshots
     mean nothing stored changed. RQ's keys are included too (nothing may be queued)."""
-    keys = [k for k in client.keys("*") if not k.startswith(f"{prefix}:metrics:".encode())]
+    counters = (f"{prefix}:metrics:".encode(), b"LIMITS:")  # request metrics, rate-limit windows
+    keys = [k for k in client.keys("*") if not k.startswith(counters)]
     return {k: client.dump(k) for k in sorted(keys)}
 
 

@@ -3,6 +3,7 @@ hostile requests get a 4xx naming the cause, metrics labels stay bounded."""
 from __future__ import annotations
 
 import io
+import time
 import json
 import pickle
 import zlib
@@ -159,3 +160,125 @@ def test_metrics_labels_are_bounded(small_app, redis_db):
     assert fields <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, fields
     assert "other" in fields and routes <= {"/health", "/v1/people", "unmatched"}, routes
     assert redis_db.hlen(key) <= 3 * 3 * 16, redis_db.hlen(key)  # (method, route, status) x (count, sum, bucket)
+
+
+# -- floods: rate limits per key / address, a cap on model requests per process --------------------
+
+
+def test_rate_limit_per_key_and_per_address(service_app_factory, redis_db):
+    app = service_app_factory(ADMIN_API_KEYS="admin-key", READ_API_KEYS="read-key,other-key",
+                              RATE_LIMIT="5/minute")
+    client = app.test_client()
+    codes = [client.get("/v1/people", headers={"X-API-Key": "read-key"}).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    limited = client.get("/v1/people", headers={"X-API-Key": "read-key"})
+    assert limited.json["error"] == "too_many_requests" and int(limited.headers["Retry-After"]) > 0
+    # Another key has its own budget; health and metrics are never limited.
+    assert client.get("/v1/people", headers={"X-API-Key": "other-key"}).status_code == 200
+    assert all(client.get("/health").status_code == 200 for _ in range(10))
+    # Without a (valid) key, the address is the bucket: invented keys buy nothing.
+    codes = [client.get("/v1/people", headers={"X-API-Key": f"made-up-{i}"}).status_code for i in range(6)]
+    assert codes == [401] * 5 + [429], codes
+    assert client.get("/v1/people").status_code == 429
+    other_address = client.get("/v1/people", environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other_address.status_code == 401
+    # No credential in Redis: the key's bucket is named by a hash.
+    stored = b" ".join(redis_db.keys("*ratelimit*"))
+    assert stored and b"read-key" not in stored and b"other-key" not in stored
+
+
+def test_model_requests_over_the_inflight_cap_get_429(service_app_factory, astronaut):
+    import threading
+
+    from service_support import b64, encode, head_crop
+
+    app = service_app_factory(MAX_INFLIGHT=2, MAX_INFLIGHT_PER_CLIENT=1, RATE_LIMIT="off")
+    entered, release = threading.Event(), threading.Event()
+    recognizer = app.extensions["facerec"].recognizer
+    original = recognizer.analyze
+
+    def slow_analyze(*args, **kwargs):  # requests from these addresses hold their slot until released
+        from flask import request
+
+        if request.remote_addr in ("127.0.0.1", "10.0.0.3"):
+            entered.set()
+            release.wait(30)
+        return original(*args, **kwargs)
+
+    body = {"image": b64(encode(head_crop(astronaut)))}
+    recognizer.analyze = slow_analyze
+    try:
+        first: dict = {}
+        worker = threading.Thread(target=lambda: first.update(r=app.test_client().post("/v1/identify", json=body)))
+        worker.start()
+        assert entered.wait(30)
+        busy = app.test_client().post("/v1/identify", json=body)  # the same client (address)
+        assert busy.status_code == 429 and busy.headers["Retry-After"] == "1", busy.data
+        assert "MAX_INFLIGHT" in busy.json["message"]
+        other = app.test_client().post("/v1/identify", json=body, environ_base={"REMOTE_ADDR": "10.0.0.2"})
+        assert other.status_code == 200, other.data  # another client has a slot of its own...
+        entered.clear()
+        third: dict = {}
+        blocker = threading.Thread(target=lambda: third.update(r=app.test_client().post(
+            "/v1/identify", json=body, environ_base={"REMOTE_ADDR": "10.0.0.3"})))
+        blocker.start()
+        assert entered.wait(30)
+        full = app.test_client().post("/v1/identify", json=body, environ_base={"REMOTE_ADDR": "10.0.0.4"})
+        assert full.status_code == 429, full.data  # ... until the process's MAX_INFLIGHT are all taken
+        assert app.test_client().get("/v1/people").status_code == 200  # not a model request
+        release.set()
+        worker.join(60)
+        blocker.join(60)
+    finally:
+        recognizer.analyze = original
+    assert first["r"].status_code == 200 and third["r"].status_code == 200
+    assert app.test_client().post("/v1/identify", json=body).status_code == 200
+
+
+# -- leaks: /health without a key, credentials in the access log ----------------------------------
+
+
+def test_health_without_a_key_says_only_ready_or_not(service_app_factory):
+    app = service_app_factory(ADMIN_API_KEYS="admin-key", READ_API_KEYS="read-key")
+    client = app.test_client()
+    assert client.get("/health").json == {"status": "ok"}
+    assert client.get("/health", headers={"X-API-Key": "wrong"}).json == {"status": "ok"}
+    detailed = client.get("/health", headers={"X-API-Key": "read-key"}).json
+    assert detailed["status"] == "ok" and {"pid", "model_version", "gallery", "redis", "queue"} <= set(detailed)
+
+
+def test_health_when_redis_is_down_says_only_degraded(service_app_factory):
+    from conftest import free_port
+
+    app = service_app_factory(url=f"redis://127.0.0.1:{free_port()}/0", REDIS_SOCKET_TIMEOUT=0.5,
+                              ADMIN_API_KEYS="admin-key", READ_API_KEYS="read-key")
+    response = app.test_client().get("/health")
+    assert response.status_code == 503 and response.json == {"status": "degraded"}
+
+
+def test_gunicorn_access_log_holds_no_credential(tiny_model):
+    """Keys sent every way a client might (header, Bearer, Basic-auth user and password, query
+    string, Referer) never reach gunicorn's access log."""
+    import base64
+
+    import requests
+
+    from bench.service_stack import Stack
+
+    secret, user = "read-KEY-7f3a9c", "basic-USER-51d0"
+    with Stack(tiny_model) as stack:
+        stack.start_redis()
+        base = stack.start_gunicorn(1, 1, ADMIN_API_KEYS="admin-KEY-0b1e", READ_API_KEYS=secret, RATE_LIMIT="off")
+        basic = base64.b64encode(f"{user}:{secret}".encode()).decode()
+        sent = [
+            requests.get(f"{base}/v1/people", headers={"X-API-Key": secret}, timeout=30),
+            requests.get(f"{base}/v1/people", headers={"Authorization": f"Bearer {secret}"}, timeout=30),
+            requests.get(f"{base}/v1/people", headers={"Authorization": f"Basic {basic}"}, timeout=30),
+            requests.get(f"{base}/v1/people?api_key={secret}&key={user}", timeout=30),
+            requests.get(f"{base}/v1/people", headers={"Referer": f"http://x/?key={secret}"}, timeout=30),
+        ]
+        assert [r.status_code for r in sent] == [200, 200, 401, 401, 401]
+        time.sleep(0.5)
+        log = stack.log_tail("gunicorn", chars=200_000)
+    assert log.count('"GET /v1/people HTTP/1.1"') == 5, log[-2000:]
+    assert secret not in log and user not in log and basic not in log, log[-2000:]

@@ -2,18 +2,20 @@
 still get answers?
 
 1. A private redis-server and gunicorn (``gunicorn.conf.py``, WEB_CONCURRENCY=2), in open mode.
+   The well-behaved client and the flooders send different read keys.
 2. For each setup -- gunicorn alone, then nginx (``deploy/nginx.conf``) in front of it -- and for
    each load:
-   - ``slowloris``: ``--slow`` connections (default 50) each sending a JSON identify body of
-     100 kB at one byte every 2 s (after complete headers), held open for the whole measurement;
+   - ``slowloris``: ``--slow`` connections (default 50, with a read key) each sending a JSON
+     identify body of 100 kB at one byte every 2 s (after complete headers), held open for the
+     whole measurement;
    - ``flood``: ``--flooders`` threads (default 8) posting a 5000x5000 PNG (73 kB, 25 MP) to
      /v1/identify back to back, as fast as answers come (the amplification case: seconds of CPU
      per request);
    a well-behaved client sends GET /health and POST /v1/identify (one face, 230x240 JPEG) in
    turn for ``--seconds``: latency median / p95 / max, and how many took over 1 s or failed.
    For the flood, also what the flooders got (200 / 429 / other).
-3. The flood runs twice: with the limits off (``RATE_LIMIT=off``, ``MAX_INFLIGHT`` 1000), as
-   before issue 12, and with the defaults.
+3. The flood runs twice: with the limits off (``RATE_LIMIT=off``, ``MAX_INFLIGHT`` and
+   ``MAX_INFLIGHT_PER_CLIENT`` 1000), as before issue 12, and with the defaults.
 
     OMP_NUM_THREADS=1 python -m bench.slow_clients --model runs/cpu/model.pt
 """
@@ -33,6 +35,10 @@ from PIL import Image
 
 from . import common
 from .service_stack import Stack
+
+# The well-behaved client and the flooders are different clients (keys), as they would be.
+GOOD, FLOODER = "good-client-key", "flooder-key"
+KEYS = {"ADMIN_API_KEYS": "bench-admin-key", "READ_API_KEYS": f"{GOOD},{FLOODER}"}
 
 
 def face_jpeg() -> bytes:
@@ -62,7 +68,7 @@ class SlowBodies:
 
     def __enter__(self) -> "SlowBodies":
         head = (b"POST /v1/identify HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n{")
+                b"X-API-Key: " + FLOODER.encode() + b"\r\nContent-Length: 100000\r\n\r\n{")
         for _ in range(self.count):
             sock = socket.create_connection(self.addr, timeout=5)
             sock.sendall(head)
@@ -112,7 +118,8 @@ class Flood:
         session = requests.Session()
         while not self.stop.is_set():
             try:
-                r = session.post(f"{self.base}/v1/identify", files={"image": ("big.png", self.body)}, timeout=60)
+                r = session.post(f"{self.base}/v1/identify", files={"image": ("big.png", self.body)}, timeout=60,
+                                 headers={"X-API-Key": FLOODER})
                 self.statuses[str(r.status_code)] += 1
                 if r.status_code == 429:
                     time.sleep(float(r.headers.get("Retry-After", "1")) / 10)  # impatient, not polite
@@ -140,11 +147,12 @@ def good_client(base: str, seconds: float, face: bytes) -> dict[str, Any]:
         for kind in ("health", "identify"):
             start = time.perf_counter()
             try:
+                headers = {"Connection": "close", "X-API-Key": GOOD}
                 if kind == "health":
-                    r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close"})
+                    r = requests.get(f"{base}/health", timeout=5, headers=headers)
                 else:
                     r = requests.post(f"{base}/v1/identify", files={"image": ("face.jpg", face)}, timeout=5,
-                                      headers={"Connection": "close"})
+                                      headers=headers)
                 ok = r.status_code == 200
             except requests.RequestException:
                 ok = False
@@ -188,7 +196,9 @@ def main() -> int:
     face, png = face_jpeg(), big_png()
     rows = []
     for limits in ("off", "default"):
-        extra = {"RATE_LIMIT": "off", "MAX_INFLIGHT": "1000"} if limits == "off" else {}
+        extra = dict(KEYS)
+        if limits == "off":
+            extra.update(RATE_LIMIT="off", MAX_INFLIGHT="1000", MAX_INFLIGHT_PER_CLIENT="1000")
         with Stack(Path(args.model)) as stack:
             stack.start_redis()
             gunicorn = stack.start_gunicorn(2, args.threads, **extra, TRUSTED_PROXIES="0")

@@ -148,6 +148,16 @@ def _buffer_chunked_body(limit: int) -> None:
     env.pop("wsgi.input_terminated", None)
 
 
+def _drain_body() -> None:
+    """Read the unread body of a refused request (at most MAX_CONTENT_LENGTH, already bounded by
+    Werkzeug): a connection closed with unread bytes is reset by the kernel, and the client (or
+    nginx, as a 502) never sees the 429."""
+    try:
+        request.get_data(cache=False)
+    except Exception:  # noqa: BLE001 - over the limit or a broken stream: nothing more to save
+        pass
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FaceServiceError)
     def service_error(exc: FaceServiceError):
@@ -171,6 +181,8 @@ def _register_error_handlers(app: Flask) -> None:
         elif code == 413:
             message = (f"the request body is over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes "
                        "(MAX_CONTENT_LENGTH)")
+        if code == 429:
+            _drain_body()
         response = exc.get_response()
         response.data = jsonify({"error": HTTP_CODES.get(code, exc.name.lower().replace(" ", "_")),
                                  "message": message}).get_data()

@@ -66,7 +66,10 @@ class Stack:
     def close(self, failed: bool = False) -> None:
         while self.procs:
             name, proc = self.procs.pop()
-            stop_process(proc, name)
+            try:
+                stop_process(proc, name)
+            except Exception as exc:  # noqa: BLE001 - one failure must not leave the others running
+                print(f"stopping {name} failed: {exc!r}", file=sys.stderr)
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None

@@ -260,8 +260,8 @@ def enroll() -> Any:
         if not isinstance(people, list) or not people:
             raise InvalidRequestError("people must be a non-empty list of {name | person_id, images}",
                                       field="people")
-        if sum(len(p.get("images") or []) if isinstance(p, dict) else 0 for p in people) > \
-                svc.config.max_images_per_request:
+        if sum(len(p["images"]) if isinstance(p, dict) and isinstance(p.get("images"), list) else 0
+               for p in people) > svc.config.max_images_per_request:  # a non-list is refused per person below
             raise InvalidRequestError(f"at most {svc.config.max_images_per_request} images per request",
                                       field="people")
         entries = []

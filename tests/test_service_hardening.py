@@ -282,3 +282,13 @@ def test_gunicorn_access_log_holds_no_credential(tiny_model):
         log = stack.log_tail("gunicorn", chars=200_000)
     assert log.count('"GET /v1/people HTTP/1.1"') == 5, log[-2000:]
     assert secret not in log and user not in log and basic not in log, log[-2000:]
+
+
+def test_enroll_with_images_of_the_wrong_type_is_a_400(small_app, redis_db):
+    """Found by the fuzz pass: a number where the list of images goes gave a 500."""
+    client = small_app.test_client()
+    for images in (1.5, 7, "abc", {"a": 1}, True):
+        response = client.post("/v1/enroll", json={"people": [{"name": "x", "images": images}]})
+        assert response.status_code == 400, (images, response.data[:300])
+        response = client.post("/v1/enroll", json={"name": "x", "images": images})
+        assert response.status_code == 400, (images, response.data[:300])

@@ -11,9 +11,10 @@ import os
 wsgi_app = "server:create_app()"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread: a worker keeps answering /health and /metrics while one request runs the model.
+# gthread: a worker keeps answering /health and /metrics while requests run the model: model
+# requests take at most MAX_INFLIGHT (2) of its threads at once, the others 429.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 preload_app = False
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))  # a large group photo on a busy CPU
 graceful_timeout = 30
@@ -21,6 +22,9 @@ keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))  # 0: never recycle (model reload is slow)
 max_requests_jitter = 100
 accesslog = "-"
+# No credential in any form: no %(u)s (the Basic-auth user, which a client may fill with its key),
+# no query string (%(U)s is the path alone), no Referer, no request headers.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 limit_request_field_size = 16384

@@ -1,9 +1,11 @@
 """RQ worker entry point for enrollment jobs: ``python worker.py [--burst] [QUEUE ...]``.
 
 The model is loaded once, in this process, before the first job is taken. Jobs run in
-this same process (``SimpleWorker``, no fork per job): forking a process whose torch
-already ran multi-threaded ops can deadlock the child in OpenMP, and a fresh child
-would pay the model load again for every job. Failed attempts are retried by RQ's
+this same process (:class:`service.rqworker.EnrollWorker`, a ``SimpleWorker``: no fork per
+job): forking a process whose torch already ran multi-threaded ops can deadlock the child in
+OpenMP, and a fresh child would pay the model load again for every job. A running job
+heartbeats every ``JOB_HEARTBEAT`` s, so the job of a worker that died is retried within
+about a minute, and the worker outlives a Redis restart. Failed attempts are retried by RQ's
 scheduler (``--with-scheduler`` semantics) at the intervals of ``JOB_RETRY_INTERVALS``;
 the scheduler is a forked child that only talks to Redis, never to torch.
 """
@@ -13,13 +15,12 @@ import argparse
 import logging
 import sys
 
-from rq import SimpleWorker
-
 from recognizer.errors import FaceServiceError
 from service import jobs
 from service.app import connect_redis
 from service.config import load_config
 from service.models import build_models
+from service.rqworker import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("worker").info("model(s) %s loaded; torch threads %d", ", ".join(models.versions),
                                      config.torch_threads)
     connection = connect_redis(config)
-    worker = SimpleWorker(args.queues or [config.enroll_queue], connection=connection, name=args.name,
-                          default_result_ttl=config.result_ttl)
-    worker.work(burst=args.burst, with_scheduler=True)
+    serve(connection, args.queues or [config.enroll_queue], heartbeat=config.job_heartbeat,
+          result_ttl=config.result_ttl, name=args.name, burst=args.burst)
     return 0
 
 

@@ -66,7 +66,10 @@ class Stack:
     def close(self, failed: bool = False) -> None:
         while self.procs:
             name, proc = self.procs.pop()
-            stop_process(proc, name)
+            try:
+                stop_process(proc, name)
+            except Exception as exc:  # noqa: BLE001 - one failure must not leave the others running
+                print(f"stopping {name} failed: {exc!r}", file=sys.stderr)
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
@@ -103,24 +106,46 @@ class Stack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def start_redis(self) -> redis.Redis:
-        """A redis-server without persistence on a free port; returns a client once it answers."""
-        self.redis_port = free_port()
+    def start_redis(self, persistent: bool = False) -> redis.Redis:
+        """A redis-server on a free port (the same port again after :meth:`kill_redis`);
+        ``persistent``: deploy/redis.conf's AOF, fsynced on every write, else no persistence.
+        Returns a client once it answers."""
+        self.redis_port = self.redis_port or free_port()
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        proc = self._spawn("redis", [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                     "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-                                     "--daemonize", "no"])
+        durability = (["--appendfsync", "always"] if persistent else ["--save", "", "--appendonly", "no"])
+        conf = [str(ROOT / "deploy" / "redis.conf")] if persistent else []
+        proc = self._spawn("redis", [exe, *conf, "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                     "--dir", str(self.workdir), *durability, "--daemonize", "no"])
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
+        self._wait_ready("redis", proc, client.ping, redis.ConnectionError)
+        return client
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen, ready, errors: type[Exception] | tuple,
+                    timeout: float = 20.0) -> None:
+        """Until ``ready()`` is true (``errors`` count as not yet); raises with the log tail if the
+        process exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                if client.ping():
-                    return client
-            except redis.ConnectionError:
+                if ready():
+                    return
+            except errors:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.log_tail('redis')}")
+                raise RuntimeError(f"{name} did not start:\n{self.log_tail(name)}")
             time.sleep(0.05)
+
+    def kill_redis(self) -> None:
+        """SIGKILL the redis-server: a crash, nothing saved at exit."""
+        for i, (name, proc) in enumerate(self.procs):
+            if name == "redis":
+                del self.procs[i]
+                proc.kill()
+                proc.wait(10)
+                return
+
+    def process(self, name: str) -> subprocess.Popen:
+        return next(proc for n, proc in self.procs if n == name)
 
     def service_env(self, torch_threads: int, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
@@ -128,12 +153,13 @@ class Stack:
                    OMP_NUM_THREADS=str(torch_threads), **extra)
         return env
 
-    def start_gunicorn(self, web_concurrency: int, torch_threads: int, timeout: float = 300.0) -> str:
-        """gunicorn -c gunicorn.conf.py on a free port; returns the base URL once every worker
-        process has answered /health (each loads the model after the fork)."""
+    def start_gunicorn(self, web_concurrency: int, torch_threads: int, timeout: float = 300.0,
+                       **extra: str) -> str:
+        """gunicorn -c gunicorn.conf.py on a free port (``extra`` settings); returns the base URL
+        once every worker process has answered /health (each loads the model after the fork)."""
         port = free_port()
         env = self.service_env(torch_threads, WEB_CONCURRENCY=str(web_concurrency),
-                               GUNICORN_BIND=f"127.0.0.1:{port}")
+                               GUNICORN_BIND=f"127.0.0.1:{port}", **extra)
         proc = self._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
         base = f"http://127.0.0.1:{port}"
         pids: set[int] = set()
@@ -143,7 +169,8 @@ class Stack:
                 raise RuntimeError(f"gunicorn not ready ({len(pids)}/{web_concurrency} workers):\n"
                                    f"{self.log_tail('gunicorn')}")
             try:
-                r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close"})
+                key = {"X-API-Key": extra["READ_API_KEYS"].split(",")[0]} if extra.get("READ_API_KEYS") else {}
+                r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close", **key})
                 if r.status_code == 200:
                     pids.add(r.json()["pid"])
             except requests.RequestException:
@@ -151,13 +178,30 @@ class Stack:
             time.sleep(0.05)
         return base
 
-    def start_worker(self, name: str, torch_threads: int = 1, timeout: float = 300.0) -> None:
-        """``python worker.py`` (TORCH_THREADS per worker); returns once it has registered with
-        RQ, which it does only after loading the model, so no model load overlaps a measurement."""
+    def start_nginx(self, upstream: str) -> str:
+        """nginx with deploy/nginx.conf in front of ``upstream`` (a base URL) on a free port;
+        returns its base URL once it proxies /health."""
+        port = free_port()
+        run = self.workdir / "nginx"
+        run.mkdir(exist_ok=True)
+        conf = (ROOT / "deploy" / "nginx.conf").read_text().replace("${LISTEN}", f"127.0.0.1:{port}") \
+            .replace("${UPSTREAM}", upstream.split("://", 1)[1]).replace("${RUNDIR}", str(run))
+        (run / "nginx.conf").write_text(conf)
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        proc = self._spawn("nginx", [exe, "-c", str(run / "nginx.conf"), "-g", "daemon off;"])
+        base = f"http://127.0.0.1:{port}"
+        self._wait_ready("nginx", proc, lambda: requests.get(f"{base}/health", timeout=5).status_code == 200,
+                         requests.RequestException)
+        return base
+
+    def start_worker(self, name: str, torch_threads: int = 1, timeout: float = 300.0, **extra: str) -> None:
+        """``python worker.py`` (TORCH_THREADS per worker, ``extra`` settings); returns once it has
+        registered with RQ, which it does only after loading the model, so no model load overlaps
+        a measurement."""
         from rq import Worker
 
         proc = self._spawn(name, [sys.executable, "worker.py", "--name", name],
-                           self.service_env(torch_threads))
+                           self.service_env(torch_threads, **extra))
         conn = redis.Redis(port=self.redis_port)
         deadline = time.monotonic() + timeout
         try:
@@ -175,7 +219,7 @@ def stop_process(proc: subprocess.Popen, name: str, grace: float = 20.0) -> None
     after that, so the group id cannot have been reused by an unrelated process."""
     if proc.returncode is not None:  # already reaped: its group id is no longer ours to signal
         return
-    proc.terminate()
+    os.kill(proc.pid, signal.SIGTERM)  # not proc.terminate(): it may reap the leader (a killed one) first
     deadline = time.monotonic() + grace
     while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         if time.monotonic() > deadline:

@@ -25,12 +25,30 @@ DEFAULT_MAX_PIXELS = 40_000_000
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grayscale
+        return Image.fromarray(_gray_to_uint8(np.asarray(img), img.mode)).convert("RGB")
     if img.mode in ("RGBA", "LA", "P", "PA"):
         # Composite transparency onto white rather than letting it turn black.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")  # L, I, F, CMYK, YCbCr, 1 ...
+
+
+def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """High-bit-depth grayscale to 8 bits by its range, not by clipping: ``convert("RGB")``
+    clips a 16-bit image's 0..65535 to 0..255, which turns a face almost white. ``I;16*`` is
+    16-bit; ``I`` (32-bit) is taken as 8-bit, 16-bit or its own peak, whichever its values fit;
+    ``F`` as [0, 1] when it fits, else the same as ``I``."""
+    values = np.nan_to_num(arr.astype(np.float64))
+    peak = float(values.max()) if values.size else 0.0
+    if mode.startswith("I;16"):
+        full = 65535.0
+    elif mode == "F" and peak <= 1.0:
+        full = 1.0
+    else:
+        full = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
 def load_image(

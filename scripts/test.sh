@@ -14,6 +14,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# Test-only Python packages (requirements-dev.txt: schemathesis, playwright's Python side); a no-op
+# when the pinned versions are there already.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 if [ -f scripts/browser-deps.sh ]; then
   scripts/browser-deps.sh || echo "browser tests will be skipped: $?" >&2
 fi

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Brings the service up on this machine: installs into .venv/ if needed, starts WORKERS enrollment
 # workers in the background and the gunicorn server in the foreground.
+# In front of gunicorn, nginx (deploy/nginx.conf) buffers every request whole, so slow clients
+# cannot hold gunicorn's threads; gunicorn then listens on loopback only (PORT+1). NGINX=0 runs
+# gunicorn alone on PORT (development only: a few slow connections starve it).
 # Ctrl-C stops the server and the workers (a Redis this script started keeps running).
 #   PORT=8000 WORKERS=1 WEB_CONCURRENCY=2 MODEL_PATH=runs/NAME/model.pt scripts/up.sh  (default: models/facerec.pt)
 #
@@ -14,6 +17,7 @@ cd "$(dirname "$0")/.."
 scripts/install.sh
 PORT=${PORT:-8000}
 WORKERS=${WORKERS:-1}
+NGINX=${NGINX:-1}
 
 # The model: MODEL_PATH, else the release model that ships in models/ (no training needed).
 model=$(.venv/bin/python -c "from recognizer.artifact import default_model_path; print(default_model_path())")
@@ -84,6 +88,29 @@ for i in $(seq "$WORKERS"); do
   pids+=($!)
   echo "worker $i: pid $! (log .cache/logs/worker-$i.log)"
 done
+if [ "$NGINX" != 0 ] && ! command -v nginx >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "nginx missing: installing Debian's nginx-light package"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "nginx is needed in front of gunicorn (slow clients would starve it): install it" \
+         "(Debian/Ubuntu: apt-get install nginx-light), or run NGINX=0 scripts/up.sh for development" >&2
+    exit 1
+  fi
+fi
+if [ "$NGINX" != 0 ]; then
+  run=$PWD/.cache/nginx
+  mkdir -p "$run"
+  sed -e "s|\${LISTEN}|$bind|" -e "s|\${UPSTREAM}|127.0.0.1:$((PORT + 1))|" -e "s|\${RUNDIR}|$run|g" \
+    deploy/nginx.conf > "$run/nginx.conf"
+  nginx -c "$run/nginx.conf" -g "daemon off;" 2> .cache/logs/nginx.log &
+  pids+=($!)
+  echo "nginx: $bind -> gunicorn 127.0.0.1:$((PORT + 1)) (log .cache/logs/nginx.log)"
+  export TRUSTED_PROXIES=${TRUSTED_PROXIES:-1} GUNICORN_BIND="127.0.0.1:$((PORT + 1))"
+else
+  echo "NGINX=0: gunicorn alone on $bind (slow clients can starve it; not for production)" >&2
+  export GUNICORN_BIND="$bind"
+fi
 case "$host" in
   127.0.0.1|localhost|::1)
     if [ -n "$keys" ]; then why="HOST=$host"; else
@@ -96,6 +123,6 @@ case "$host" in
          "https:// or localhost in the browser)" ;;
 esac
 echo "        console at /, API under /v1, contract at /openapi.json"
-GUNICORN_BIND="$bind" .venv/bin/gunicorn -c gunicorn.conf.py &
+.venv/bin/gunicorn -c gunicorn.conf.py &
 pids+=($!)
 wait "${pids[-1]}"

@@ -19,11 +19,12 @@ from index import Match, cosine_to_angle_deg, decide
 from recognizer.detector import DetectedFace
 from recognizer.errors import BadImageError, ConflictError, InvalidRequestError, NoFaceError
 
-from .auth import require
+from .auth import may_read, require
 from .context import Service, current_service
 from .errors import EnrollmentRejectedError, PersonNotFoundError, ServiceUnavailableError
 from .inputs import RequestBody, Upload, float_param, int_param, json_object_param, str_param
 from .jobs import EnrollmentPolicy, enqueue_enrollment, enroll_image, job_view
+from .limits import limit_inflight
 from .metrics import CONTENT_TYPE
 from .openapi import build_openapi
 from .store import check_metadata, check_name
@@ -70,6 +71,7 @@ def largest_face(svc: Service, upload: Upload) -> tuple[np.ndarray, DetectedFace
 
 @v1.post("/identify")
 @require("read")
+@limit_inflight
 def identify() -> Any:
     svc = current_service()
     body = RequestBody(request, svc.config)
@@ -94,6 +96,7 @@ def identify() -> Any:
 
 @v1.post("/verify")
 @require("read")
+@limit_inflight
 def verify() -> Any:
     svc = current_service()
     body = RequestBody(request, svc.config)
@@ -180,6 +183,7 @@ def delete_person(person_id: str) -> Any:
 
 @v1.post("/people/<person_id>/images")
 @require("admin")
+@limit_inflight
 def add_image(person_id: str) -> Any:
     """Synchronous single-photo enrollment: the operator at the desk learns at once whether
     the photo was usable (422 no_face / too_small), with the policy the bulk job applies."""
@@ -256,8 +260,8 @@ def enroll() -> Any:
         if not isinstance(people, list) or not people:
             raise InvalidRequestError("people must be a non-empty list of {name | person_id, images}",
                                       field="people")
-        if sum(len(p.get("images") or []) if isinstance(p, dict) else 0 for p in people) > \
-                svc.config.max_images_per_request:
+        if sum(len(p["images"]) if isinstance(p, dict) and isinstance(p.get("images"), list) else 0
+               for p in people) > svc.config.max_images_per_request:  # a non-list is refused per person below
             raise InvalidRequestError(f"at most {svc.config.max_images_per_request} images per request",
                                       field="people")
         entries = []
@@ -308,7 +312,9 @@ def health() -> Any:
     """200 when this process can serve (Redis reachable), 503 otherwise: a load balancer
     should not send identify requests to a server that cannot check for deletions. ``models``
     says which models this process holds and answers with, which version is serving, and
-    which versions are complete (every enrolled photo embedded; see ``upgrade.py``)."""
+    which versions are complete (every enrolled photo embedded; see ``upgrade.py``).
+    Without a key (when keys are on) it says only ``{"status": "ok" | "degraded"}``; the
+    details (models, pid, counts, the Redis error) need a read key."""
     svc = current_service()
     body: dict[str, Any] = {"model_version": svc.recognizer.version, "pid": os.getpid(),
                             "model_threshold": round(svc.recognizer.threshold, 6),
@@ -329,6 +335,8 @@ def health() -> Any:
         body["redis"] = {"reachable": False, "error": str(getattr(exc, "message", exc))}
         body["status"] = "degraded"
         code = 503
+    if not may_read(svc.config):
+        body = {"status": body["status"]}
     return body, code
 
 

@@ -6,6 +6,7 @@ get the same shape, and anything unexpected becomes a 500 that names no internal
 """
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -14,7 +15,8 @@ from typing import Any, Mapping
 import redis
 from flask import Flask, g, jsonify, request
 from rq import Queue
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from recognizer import Recognizer
 from recognizer.errors import AuthError, FaceServiceError
@@ -26,6 +28,8 @@ from .config import ServiceConfig, load_config
 from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
+from .jobs import JOB_SERIALIZER
+from .limits import install_inflight_cap, install_limiter
 from .metrics import Metrics
 from .models import ModelSet, build_models
 from .store import GalleryStore
@@ -75,8 +79,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             cache.rebuild()
     except ServiceUnavailableError as exc:  # start anyway; /health says 503 until Redis is back
         log.error("Redis unreachable at start-up (%s); the gallery will load on the first request", exc.message)
+    queue = Queue(cfg.enroll_queue, connection=conn, serializer=JOB_SERIALIZER)
     service = Service(config=cfg, models=models, redis=conn, stores=stores, caches=caches,
-                      queue=Queue(cfg.enroll_queue, connection=conn), metrics=Metrics(conn, cfg.redis_key_prefix))
+                      queue=queue, metrics=Metrics(conn, cfg.redis_key_prefix))
     app.extensions[EXTENSION] = service
 
     for warning in startup_warnings(cfg):
@@ -85,6 +90,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         log.info("model %s (threshold %.4f) loaded, %d people indexed; Redis %s", r.version, r.threshold,
                  len(caches[r.version]), _safe_url(cfg.redis_url))
 
+    if cfg.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)  # type: ignore[method-assign]
+    install_limiter(app, cfg)
+    install_inflight_cap(app, cfg)
     app.register_blueprint(v1)
     app.register_blueprint(ops)
     app.register_blueprint(console)
@@ -106,6 +115,7 @@ def _register_hooks(app: Flask, service: Service) -> None:
     def start_timer() -> None:
         g.started = time.perf_counter()
         g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        _buffer_chunked_body(app.config["MAX_CONTENT_LENGTH"])
 
     @app.after_request
     def record(response):
@@ -114,6 +124,38 @@ def _register_hooks(app: Flask, service: Service) -> None:
         service.metrics.observe(route, request.method, response.status_code, elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
+
+
+def _buffer_chunked_body(limit: int) -> None:
+    """Read a body sent without Content-Length (chunked) here, up to ``limit`` bytes: over it
+    is a 413. Werkzeug would cut such a body at the limit without a word, and the cut JSON
+    would then read as a 400 "not valid JSON"."""
+    env = request.environ
+    if request.content_length is not None or "chunked" not in env.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return
+    stream, chunks, size = env["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    env["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    env["CONTENT_LENGTH"] = str(size)
+    env.pop("HTTP_TRANSFER_ENCODING", None)
+    env.pop("wsgi.input_terminated", None)
+
+
+def _drain_body() -> None:
+    """Read the unread body of a refused request (at most MAX_CONTENT_LENGTH, already bounded by
+    Werkzeug): a connection closed with unread bytes is reset by the kernel, and the client (or
+    nginx, as a 502) never sees the 429."""
+    try:
+        request.get_data(cache=False)
+    except Exception:  # noqa: BLE001 - over the limit or a broken stream: nothing more to save
+        pass
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -139,6 +181,8 @@ def _register_error_handlers(app: Flask) -> None:
         elif code == 413:
             message = (f"the request body is over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes "
                        "(MAX_CONTENT_LENGTH)")
+        if code == 429:
+            _drain_body()
         response = exc.get_response()
         response.data = jsonify({"error": HTTP_CODES.get(code, exc.name.lower().replace(" ", "_")),
                                  "message": message}).get_data()

@@ -42,6 +42,11 @@ def _matches(key: str, candidates: tuple[str, ...]) -> bool:
     return found
 
 
+def valid_key(config: ServiceConfig, key: str) -> bool:
+    """Whether ``key`` is one of the configured keys (admin or read)."""
+    return _matches(key, config.admin_api_keys) | _matches(key, config.read_api_keys)
+
+
 def check(config: ServiceConfig, role: Role) -> None:
     """Raise AuthError (401: no or unknown key) or ForbiddenError (403: read key, admin route)."""
     if config.open_mode:
@@ -56,6 +61,12 @@ def check(config: ServiceConfig, role: Role) -> None:
             return
         raise ForbiddenError("this operation needs an admin API key; the key sent is a read-only key")
     raise AuthError("the API key is not valid")
+
+
+def may_read(config: ServiceConfig) -> bool:
+    """Whether this request may see read-only details (open mode, or a valid key sent)."""
+    key = presented_key()
+    return config.open_mode or (key is not None and valid_key(config, key))
 
 
 def require(role: Role) -> Callable[[F], F]:

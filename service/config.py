@@ -47,10 +47,17 @@ class ServiceConfig:
     result_ttl: int = 24 * 3600  # finished job results stay readable this long
     failure_ttl: int = 7 * 24 * 3600
     job_timeout: int = 3600
+    job_heartbeat: int = 10  # a running job's heartbeat (s); a dead worker's job is retried after 3 missed
     job_retries: int = 3  # transient (Redis) failures
-    job_retry_intervals: tuple[int, ...] = (5, 30, 120)
+    # The first retry at once: a job whose worker died is requeued by the registry cleanup, and a
+    # delayed retry would wait for RQ's scheduler, whose lock a dead worker holds for up to 61 s.
+    job_retry_intervals: tuple[int, ...] = (0, 30, 120)
     change_stream_maxlen: int = 100_000
     redis_socket_timeout: float = 5.0
+    rate_limit: str = "600/minute;60/second"  # per API key (else per address), all routes; "off"
+    max_inflight: int = 2  # model requests (identify, verify, add a photo) at once per process; more get 429
+    max_inflight_per_client: int = 1  # ... of them from one key (or address) per process
+    trusted_proxies: int = 0  # reverse proxies in front (X-Forwarded-For hops to trust for the client address)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys, passed to Flask
 
     @property
@@ -135,7 +142,8 @@ def _parse(name: str, raw: Any) -> Any:
 def _check(c: ServiceConfig) -> None:
     positive = ["max_image_bytes", "max_image_pixels", "max_images_per_request", "max_content_length",
                 "min_face_size", "enroll_embed_batch", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
-                "failure_ttl", "job_timeout", "change_stream_maxlen"]
+                "failure_ttl", "job_timeout", "job_heartbeat", "change_stream_maxlen", "max_inflight",
+                "max_inflight_per_client"]
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")
@@ -147,6 +155,15 @@ def _check(c: ServiceConfig) -> None:
         raise ConfigError("DEFAULT_K must be between 1 and MAX_K")
     if c.job_retries < 0 or any(i < 0 for i in c.job_retry_intervals):
         raise ConfigError("JOB_RETRIES and JOB_RETRY_INTERVALS must not be negative")
+    if c.trusted_proxies < 0:
+        raise ConfigError("TRUSTED_PROXIES must not be negative")
+    if c.rate_limit and c.rate_limit.lower() != "off":
+        from limits import parse_many
+
+        try:
+            parse_many(c.rate_limit)
+        except ValueError:
+            raise ConfigError(f"RATE_LIMIT={c.rate_limit!r} is not a rate such as '600/minute;60/second'") from None
     if not c.redis_key_prefix or ":" in c.redis_key_prefix or " " in c.redis_key_prefix:
         raise ConfigError("REDIS_KEY_PREFIX must be a non-empty word without ':' or spaces")
     if set(c.admin_api_keys) & set(c.read_api_keys):

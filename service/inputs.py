@@ -29,6 +29,7 @@ from recognizer.errors import (
 from .config import ServiceConfig
 
 JSON_TYPES = ("application/json",)
+MAX_JSON_DEPTH = 32  # nesting levels of any JSON we accept (a body, a metadata field)
 MULTIPART = "multipart/form-data"
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 
@@ -57,9 +58,7 @@ class RequestBody:
         params: dict[str, Any] = {k: v for k, v in request.args.items()}
         if mimetype in JSON_TYPES or mimetype.endswith("+json"):
             self.kind = "json"
-            body = request.get_json(silent=True)
-            if body is None:
-                raise InvalidRequestError("the body is not valid JSON", field="body")
+            body = parse_json(request.get_data(cache=True), "body", what="the body")
             if not isinstance(body, dict):
                 raise InvalidRequestError("the JSON body must be an object", field="body")
             params.update(body)
@@ -224,13 +223,40 @@ def json_object_param(value: Any, name: str) -> dict[str, Any] | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise InvalidRequestError(f"{name} must be a JSON object", field=name) from None
+        value = parse_json(value, name)
     if not isinstance(value, dict):
         raise InvalidRequestError(f"{name} must be a JSON object", field=name)
+    check_depth(value, name)
     return value
+
+
+def parse_json(text: str | bytes, field: str, what: str | None = None) -> Any:
+    """``json.loads`` whose every failure is a 400 naming ``field``: malformed, not UTF-8, or
+    nested deeper than :data:`MAX_JSON_DEPTH` (deep enough input makes the parser itself raise
+    RecursionError)."""
+    what = what or field
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+    except ValueError:
+        raise InvalidRequestError(f"{what} is not valid JSON", field=field) from None
+    else:
+        check_depth(value, field, what)
+        return value
+    raise InvalidRequestError(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)", field=field)
+
+
+def check_depth(value: Any, field: str, what: str | None = None) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH` (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidRequestError(f"{what or field} is nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+                                          field=field)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
 def str_param(value: Any, name: str) -> str | None:

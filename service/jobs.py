@@ -1,10 +1,14 @@
 """Enrollment: turning uploaded photos into stored embeddings, in an RQ job or in-request.
 
 Transport: the server parks each uploaded image in Redis under its own expiring key
-(``UPLOAD_TTL``) and the job carries only those keys. RQ pickles job arguments into the job
-hash, which is read back whole on every status poll (``GET /jobs/<id>``) and kept for the
-result TTL; 200 photos of 5 MB as arguments would make a 1 GB job hash. With keys, the job
-stays a few kilobytes, each image is read once by the worker and deleted once processed.
+(``UPLOAD_TTL``) and the job carries only those keys. The job hash is read back whole on every
+status poll (``GET /jobs/<id>``) and kept for the result TTL; 200 photos of 5 MB as arguments
+would make a 1 GB job hash. With keys, the job stays a few kilobytes, each image is read once
+by the worker and deleted once processed.
+
+Serialization: every job (arguments, meta, return value) is JSON (:data:`JOB_SERIALIZER`) on
+both sides, never pickle: whoever can write to Redis must not be able to run code in the
+server or a worker by forging an ``rq:job:<id>`` hash. Job arguments are plain data.
 
 Policy for each image: :mod:`recognizer.enrollment`, the one the CLI applies too -- the
 largest face is enrolled when it clearly dominates and ``faces_found`` says how many there
@@ -24,6 +28,7 @@ already recorded, so it neither double-counts nor reports "duplicate" for its ow
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -37,6 +42,7 @@ from redis import Redis
 from rq import Queue, Retry, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from recognizer import Recognizer
 from recognizer.enrollment import ENROLLED, EnrollmentResult, image_hash, inspect_for_enrollment
@@ -51,6 +57,7 @@ from .store import GalleryStore
 log = logging.getLogger(__name__)
 
 ENROLL_FUNC = "service.jobs.enroll_job"
+JOB_SERIALIZER = JSONSerializer  # never pickle: see the module docstring
 STORED = ("enrolled", "duplicate")
 
 # -- the models, once per process --------------------------------------------------------
@@ -294,17 +301,30 @@ def enqueue_enrollment(queue: Queue, store: GalleryStore, config: ServiceConfig,
     )
 
 
+_JOB_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # ASCII only: str.isalnum() accepts "ä"
+
+
 def job_view(connection: Redis, store: GalleryStore, job_id: str) -> dict[str, Any]:
-    """What ``GET /jobs/<id>`` shows: status, progress and per-image results (so far)."""
-    if not isinstance(job_id, str) or not 1 <= len(job_id) <= 64 or not job_id.replace("-", "").isalnum():
+    """What ``GET /jobs/<id>`` shows: status, progress and per-image results (so far).
+    A job hash that does not decode as one of ours (forged, or written by another
+    serializer) is answered like an unknown job, and never unpickled."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise JobNotFoundError(f"no job with id {job_id!r}", job_id=str(job_id)[:64])
     try:
-        job = Job.fetch(job_id, connection=connection)
-        if job.func_name != ENROLL_FUNC:
-            raise NoSuchJobError(job_id)
-    except NoSuchJobError:
-        raise JobNotFoundError(f"no job with id {job_id!r} (unknown, or its result expired)",
-                               job_id=job_id) from None
+        return _read_job(connection, store, job_id)
+    except (NoSuchJobError, JobNotFoundError):
+        pass
+    except redis.RedisError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.warning("job %s: stored job data is not ours, not decoded (%s)", job_id, type(exc).__name__)
+    raise JobNotFoundError(f"no job with id {job_id!r} (unknown, or its result expired)", job_id=job_id)
+
+
+def _read_job(connection: Redis, store: GalleryStore, job_id: str) -> dict[str, Any]:
+    job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
+    if job.func_name != ENROLL_FUNC:
+        raise NoSuchJobError(job_id)
     status = job.get_status(refresh=False)
     meta = job.meta or {}
     body: dict[str, Any] = {

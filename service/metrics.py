@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Label values come from fixed sets, so that a client cannot grow the metrics hash (Redis runs
+# at noeviction): the route is a URL template (or "unmatched"), the method one of these or "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
 
 
 def escape_label(value: str) -> str:
@@ -47,7 +54,7 @@ class Metrics:
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request; the bucket index is stored, cumulated at render time."""
-        series = f"{method}\t{route}\t{status}"
+        series = f"{method_label(method)}\t{route}\t{status}"
         bucket = next((i for i, edge in enumerate(BUCKETS) if seconds <= edge), len(BUCKETS))
         try:
             with self.redis.pipeline(transaction=False) as pipe:

@@ -37,6 +37,9 @@ COMMON_ERRORS = {
     "401": _err("Missing or unknown API key"),
     "413": _err("Image or request over the configured byte or pixel limit"),
     "415": _err("Unsupported Content-Type"),
+    "429": {**_err("Over the rate limit of this key or address (RATE_LIMIT), or this server process already "
+                   "runs MAX_INFLIGHT model requests; retry after Retry-After seconds"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
     "503": _err("Redis unreachable"),
 }
 
@@ -52,7 +55,8 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
     admin_errors = {**COMMON_ERRORS, "403": _err("A read-only key was used for an admin operation")}
     paths: dict[str, Any] = {
         "/health": {"get": {
-            "summary": "Liveness and readiness: model version, gallery size, Redis reachable",
+            "summary": "Readiness: {status} for anyone; with a read key (or in open mode) also the model "
+                       "version, gallery size, queue depth and whether Redis is reachable",
             "security": [],
             "responses": {"200": _ok("Healthy", {"$ref": "#/components/schemas/Health"}),
                           "503": _ok("Redis unreachable", {"$ref": "#/components/schemas/Health"})},
@@ -252,7 +256,7 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
                                                                "total": {"type": "integer"}}},
                 "results": {"type": "array", "items": {"$ref": "#/components/schemas/ImageResult"}},
                 "summary": {"type": "object", "additionalProperties": {"type": "integer"}}}},
-            "Health": {"type": "object", "properties": {
+            "Health": {"type": "object", "required": ["status"], "properties": {
                 "status": {"enum": ["ok", "degraded"]}, "model_version": {"type": "string"},
                 "gallery": {"type": "object"}, "redis": {"type": "object"},
                 "models": {"type": "object", "description": "loaded: this process's models; answering: the one "

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
+
+from service.rqworker import EnrollWorker
 
 PREFIX = "fr"
 
@@ -39,9 +40,9 @@ def altered(arr: np.ndarray, scale: float = 0.85, quality: int = 70, brightness:
     return encode(out, quality=quality)
 
 
-class InProcessWorker(SimpleWorker):
-    """rq's SimpleWorker (no fork), usable from any thread: no signal handlers, and job
-    timeouts by timer instead of SIGALRM (which only the main thread may use)."""
+class InProcessWorker(EnrollWorker):
+    """The service's worker (no fork, JSON jobs), usable from any thread: no signal handlers,
+    and job timeouts by timer instead of SIGALRM (which only the main thread may use)."""
 
     death_penalty_class = TimerDeathPenalty
 
@@ -56,9 +57,10 @@ def run_worker(connection, queues=("enroll",), name: str | None = None) -> bool:
 
 
 def gallery_snapshot(client, prefix: str = PREFIX) -> dict[bytes, bytes]:
-    """Every key of the service except metrics, with its serialized value: equal snapshots
+    """Every key of the service except request counters, with its serialized value: equal snapshots
     mean nothing stored changed. RQ's keys are included too (nothing may be queued)."""
-    keys = [k for k in client.keys("*") if not k.startswith(f"{prefix}:metrics:".encode())]
+    counters = (f"{prefix}:metrics:".encode(), b"LIMITS:")  # request metrics, rate-limit windows
+    keys = [k for k in client.keys("*") if not k.startswith(counters)]
     return {k: client.dump(k) for k in sorted(keys)}
 
 

@@ -278,3 +278,26 @@ def test_enrollment_policy_refuses_two_faces_of_similar_size(recognizer, astrona
     tiny = np.pad(np.asarray(Image.fromarray(head).resize((70, 74))), ((40, 40), (40, 40), (0, 0)))
     assert embed_for_enrollment(recognizer, encode(Image.fromarray(tiny))).status == TOO_SMALL
     assert embed_for_enrollment(recognizer, encode(Image.new("RGB", (90, 90)))).status == NO_FACE
+
+
+def test_high_bit_depth_images_decode_like_their_8_bit_originals(recognizer, astronaut):
+    """16-bit grayscale (PNG, TIFF), 32-bit integer and float images of a real face decode to
+    the 8-bit picture (not to near-white by clipping), and the face is found in them."""
+    import cv2
+
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    wide = gray.astype(np.uint16) * 257
+    variants = {
+        "png gray16": cv2.imencode(".png", wide)[1].tobytes(),
+        "tiff gray16": cv2.imencode(".tiff", wide)[1].tobytes(),
+        "png rgb16": cv2.imencode(".png", cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)[1]
+        .tobytes(),
+        "tiff float [0,1]": cv2.imencode(".tiff", gray.astype(np.float32) / 255)[1].tobytes(),
+        "tiff int32": encode(Image.fromarray(wide.astype(np.int32), mode="I"), "TIFF"),
+    }
+    for name, data in variants.items():
+        decoded = decode_bytes(data)
+        reference = astronaut if name == "png rgb16" else np.stack([gray] * 3, axis=-1)
+        error = np.abs(decoded.astype(int) - reference.astype(int)).mean()
+        assert decoded.dtype == np.uint8 and error < 1.0, (name, Image.open(io.BytesIO(data)).mode, error)
+        assert len(recognizer.detector.detect(decoded)) >= 1, name

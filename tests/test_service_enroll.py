@@ -10,6 +10,7 @@ from rq import Queue
 from service_support import altered, b64, encode, head_crop, run_worker
 
 from index import mean_embedding
+from service.jobs import JOB_SERIALIZER
 
 
 @pytest.fixture
@@ -196,8 +197,8 @@ def test_job_is_enqueued_with_retry_and_result_ttl(client, redis_db, face_jpeg):
     from rq.job import Job
 
     job_id = client.post("/v1/enroll", json={"name": "Retry", "images": [b64(face_jpeg)]}).json["job_id"]
-    job = Job.fetch(job_id, connection=redis_db)
-    assert job.retries_left == 3 and job.retry_intervals == [5, 30, 120]
+    job = Job.fetch(job_id, connection=redis_db, serializer=JOB_SERIALIZER)
+    assert job.retries_left == 3 and job.retry_intervals == [0, 30, 120]
     assert job.result_ttl == 24 * 3600
     assert len(job.kwargs["spec"]["items"]) == 1 and "upload" in job.kwargs["spec"]["items"][0]
     assert len(redis_db.get(job.kwargs["spec"]["items"][0]["upload"])) == len(face_jpeg)
@@ -227,7 +228,7 @@ def test_a_retried_job_skips_what_it_already_did(service_app_factory, redis_serv
     monkeypatch.setattr(store_module.GalleryStore, "get_upload", flaky)
     from rq.job import Job
 
-    job = Job.fetch(response["job_id"], connection=redis_db)
+    job = Job.fetch(response["job_id"], connection=redis_db, serializer=JOB_SERIALIZER)
     job.retry_intervals = [0]  # retry at once (no scheduler in a burst test)
     job.save()
     run_worker(redis_server.client())

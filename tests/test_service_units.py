@@ -142,3 +142,6 @@ def test_redis_conf_persists():
             conf[key] = value.strip()
     assert conf["appendonly"] == "yes" and conf["appendfsync"] in ("everysec", "always")
     assert conf["maxmemory-policy"] == "noeviction"
+    # Loopback only, protected (issue 12): a writable Redis is code execution for RQ users.
+    assert set(conf["bind"].split()) <= {"127.0.0.1", "-::1", "::1"} and conf["protected-mode"] == "yes"
+    assert "requirepass" not in conf, "the password comes from the environment, not from a file in git"

@@ -38,8 +38,10 @@ def sha(data: bytes) -> str:
 
 def needles_of(app, pid: str, photos: dict[str, bytes], extra: dict[str, bytes] = {}) -> dict[str, bytes]:  # noqa: B006
     """What identifies a person in Redis: id, each photo's hash and a slice of its bytes, and
-    the first bytes of each stored photo's embedding (read now, before any delete)."""
+    of each stored photo its embedding's first bytes and a slice of its kept face crop (read
+    now, before any delete)."""
     store = app.extensions["facerec"].store
+    crops = store.crops(pid)
     needles = {"person id": pid.encode(), **extra}
     for name, data in photos.items():
         needles[f"hash of {name}"] = sha(data).encode()
@@ -47,6 +49,9 @@ def needles_of(app, pid: str, photos: dict[str, bytes], extra: dict[str, bytes] 
         embedding = store.redis.hget(store.emb_key(pid), sha(data))
         if embedding is not None:
             needles[f"embedding of {name}"] = embedding[:64]
+        if sha(data) in crops:
+            crop = crops[sha(data)]
+            needles[f"crop of {name}"] = crop[len(crop) // 2:len(crop) // 2 + 64]
     return needles
 
 
@@ -75,7 +80,8 @@ def test_deleting_a_person_leaves_nothing_of_them_in_redis(client, redis_server,
     ]}).json["job_id"]
     ada_photos = {k: photos[k] for k in ("sync", "bulk", "blank", "pending")}
     needles = needles_of(client.application, pid, ada_photos, {"name": b"Ada Delete-Me", "filename": b"ada-badge"})
-    assert [n for n in needles if n.startswith("embedding")] == ["embedding of sync", "embedding of bulk"]
+    assert [n for n in needles if n.startswith(("embedding", "crop"))] == [
+        "embedding of sync", "crop of sync", "embedding of bulk", "crop of bulk"]
 
     before = where_in_redis(redis_db, needles)
     processed = {"bytes of bulk", "bytes of blank"}  # uploads are dropped once a job has processed them
@@ -121,7 +127,7 @@ def test_deleting_one_photo_leaves_nothing_of_it_in_redis(client, redis_server, 
     needles = needles_of(client.application, pid, {"bulk": photos["bulk"]}, {"filename": b"cleo-bulk"})
     kept = {n: v for n, v in needles_of(client.application, pid, {"sync": photos["sync"]}).items()
             if n != "bytes of sync"}  # enrolled in the request: its bytes were never parked
-    assert "embedding of bulk" in needles and "embedding of sync" in kept
+    assert {"embedding of bulk", "crop of bulk"} <= set(needles) and {"embedding of sync", "crop of sync"} <= set(kept)
     assert all(where_in_redis(redis_db, needles).values())
 
     removed = client.delete(f"/v1/people/{pid}/images/{gone}")
@@ -153,15 +159,15 @@ def test_person_deleted_while_their_job_runs_stores_nothing(client, redis_server
 
     pid = client.post("/v1/people", json={"name": "Dora"}).json["person_id"]
     job_id = multipart_enroll(client, pid, [(photos["pending"], "dora.jpg")])
-    real_embed = jobs.embed_pending
+    real_embed = jobs.embed_outcomes
     deleted = []
 
-    def delete_then_embed(recognizer, outcomes):
+    def delete_then_embed(models, outcomes):
         if outcomes and not deleted:
             deleted.append(client.delete(f"/v1/people/{pid}").status_code)
-        return real_embed(recognizer, outcomes)
+        return real_embed(models, outcomes)
 
-    monkeypatch.setattr(jobs, "embed_pending", delete_then_embed)
+    monkeypatch.setattr(jobs, "embed_outcomes", delete_then_embed)
     assert run_worker(redis_server.client())
     assert deleted == [200]
     view = client.get(f"/v1/jobs/{job_id}").json

@@ -74,18 +74,20 @@ def test_twin_attempt_storing_first_is_still_enrolled(service_app_factory, redis
     pid = own["people"][0]["person_id"]
     other = altered(head_crop(astronaut), scale=0.9)
     foreign = client.post("/v1/enroll", json={"person_id": pid, "images": [b64(other)]}).json["job_id"]
-    real_embed = jobs.embed_pending
+    real_embed = jobs.embed_outcomes
     twins = []
 
-    def twin_stores_first(recognizer, outcomes):
-        real_embed(recognizer, outcomes)
+    def twin_stores_first(models, outcomes):
+        vectors = real_embed(models, outcomes)
         job = get_current_job()
-        for outcome in outcomes:  # the twin: same job id and item for ours, another job for the other photo
+        for outcome, embeddings in zip(outcomes, vectors):  # the twin: this job's item 0, or another job
             writer = job.id if job.id == own["job_id"] else "someone-else"
-            store = jobs.GalleryStore(job.connection, recognizer.version, recognizer.dim)
-            twins.append(jobs.store_image(store, pid, {"person_id": pid}, outcome, job_id=writer, job_item=0)["status"])
+            store = jobs.GalleryStore(job.connection, models.primary.version, models.primary.dim)
+            twins.append(jobs.store_image(store, pid, {"person_id": pid}, outcome, job_id=writer, job_item=0,
+                                          embeddings=embeddings)["status"])
+        return vectors
 
-    monkeypatch.setattr(jobs, "embed_pending", twin_stores_first)
+    monkeypatch.setattr(jobs, "embed_outcomes", twin_stores_first)
     assert run_worker(redis_server.client())
     assert twins == ["enrolled", "enrolled"]
     assert [r["status"] for r in client.get(f"/v1/jobs/{own['job_id']}").json["results"]] == ["enrolled"]
@@ -116,8 +118,9 @@ def test_an_upload_that_expired_is_reported_and_nothing_is_stored(service_app_fa
 
 def test_a_worker_with_another_model_fails_the_job_at_once(service_app_factory, service_recognizer, tiny_model,
                                                           redis_server, redis_db, face_jpeg, tmp_path):
-    """The model-mismatch path: no retry (it cannot help), nothing stored, the upload left
-    for a worker with the right model, and GET /jobs/<id> shows the failure's last line."""
+    """The model-mismatch path: the gallery keeps a model this worker lacks, so the job fails
+    with no retry (it cannot help), stores nothing, leaves the upload for a worker with the
+    right model, and GET /jobs/<id> shows the failure's last line."""
     from recognizer.artifact import ModelArtifact
     from service import jobs
     from service.config import load_config
@@ -129,6 +132,8 @@ def test_a_worker_with_another_model_fails_the_job_at_once(service_app_factory, 
     other_recognizer = jobs.build_recognizer(load_config({"MODEL_PATH": str(tmp_path / "other.pt")}, environ={}))
 
     client = service_app_factory().test_client()
+    first = client.post("/v1/people", json={"name": "Kept"}).json["person_id"]  # the gallery now keeps the model
+    assert client.post(f"/v1/people/{first}/images", json={"image": b64(face_jpeg)}).status_code == 201
     response = client.post("/v1/enroll", json={"name": "Mismatch", "images": [b64(face_jpeg)]}).json
     assert Job.fetch(response["job_id"], connection=redis_db).retries_left == 3
     jobs.set_recognizer(other_recognizer)
@@ -136,11 +141,12 @@ def test_a_worker_with_another_model_fails_the_job_at_once(service_app_factory, 
     view = client.get(f"/v1/jobs/{response['job_id']}").json
     assert view["status"] == "failed", view
     assert view["retries_left"] == 0
-    assert "ModelMismatchError" in view["error"]
+    assert "ModelVersionError" in view["error"]
     assert other_version in view["error"] and service_recognizer.version in view["error"]
     assert "Traceback" not in view["error"] and "\n" not in view["error"]
     assert view["results"] == [] and view["summary"] == {} and view["progress"] == {"done": 0, "total": 1}
     assert view["ended_at"] is not None
     assert client.get(f"/v1/people/{response['people'][0]['person_id']}").json["image_count"] == 0
     assert len(redis_db.keys("fr:upload:*")) == 1
-    assert not redis_db.keys("fr:emb:*")
+    assert redis_db.keys("fr:emb:*") == [f"fr:emb:{service_recognizer.version}:{first}".encode()]
+    assert redis_db.smembers("fr:model_versions") == {service_recognizer.version.encode()}

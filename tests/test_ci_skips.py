@@ -46,7 +46,7 @@ def _run_inner(tmp_path: Path, environ: dict[str, str]) -> str:
         "@pytest.mark.face_data\ndef test_by_call():\n    pytest.skip('a file is missing')\n\n"
         "def test_plain():\n    pytest.skip('not a resource')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "FACE_DATA")}
-    env.update(environ, PYTHONPATH=str(HERE))
+    env.update(environ, PYTHONPATH=str(HERE), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")  # a fast start
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-o",
                            "markers=face_data", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)

@@ -14,7 +14,7 @@ ADMIN, READ = "coverage-admin-key", "coverage-read-key"
 # POST routes that only read (a query photo in the body); every other non-GET route changes data.
 READ_ONLY_POSTS = {"v1.identify", "v1.verify"}
 # Open on purpose: readiness for load balancers, the Prometheus scrape, the contract, the console.
-OPEN = {"/health", "/metrics", "/openapi.json", "/", "/console/<path:filename>"}
+OPEN = {"/health", "/metrics", "/openapi.json", "/", "/favicon.ico", "/console/<path:filename>"}
 SAMPLE_VALUES = {"person_id": "nobody-here", "image_hash": "0" * 64, "job_id": "0123abcd"}
 
 

@@ -3,7 +3,9 @@
 #   - a Chromium binary: Debian's `chromium` package (apt-get, as root), or $CHROMIUM if set;
 #   - the Python `playwright` package in .venv/ (pinned in requirements-dev.txt).
 # Playwright's own browser download (`playwright install`) is never used: the tests drive the
-# system Chromium through executable_path. Exits non-zero, saying why, when it cannot install.
+# system Chromium through executable_path. Exits non-zero, saying why, when it cannot install:
+# 2 when there is no Chromium and no way to install one here (not root, or no apt-get: the
+# browser is truly absent), 1 when an install was tried and failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -13,14 +15,16 @@ if [ -z "$chromium" ]; then
   chromium=$(command -v chromium || command -v chromium-browser || true)
 fi
 if [ -z "$chromium" ] || [ ! -x "$chromium" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "chromium missing: installing Debian's chromium package"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-    chromium=$(command -v chromium || true)
-  fi
-  if [ -z "$chromium" ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "browser-deps: no chromium found and cannot install it (needs root and apt-get);" \
          "install Chromium or set CHROMIUM=/path/to/chromium" >&2
+    exit 2
+  fi
+  echo "chromium missing: installing Debian's chromium package"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || true
+  chromium=$(command -v chromium || true)
+  if [ -z "$chromium" ]; then
+    echo "browser-deps: installing Debian's chromium package failed" >&2
     exit 1
   fi
 fi

@@ -17,7 +17,21 @@ fi
 # Test-only Python packages (requirements-dev.txt: schemathesis, playwright's Python side); a no-op
 # when the pinned versions are there already.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# Under CI=true a browser setup that fails is a failed run (tests/resources.py likewise fails
+# skipped browser and face-data tests in CI); only a truly absent browser (exit 2: no Chromium and
+# no way to install it) lets the console tests be skipped.
 if [ -f scripts/browser-deps.sh ]; then
-  scripts/browser-deps.sh || echo "browser tests will be skipped: $?" >&2
+  status=0
+  scripts/browser-deps.sh || status=$?
+  if [ "$status" != 0 ]; then
+    case "${CI:-}" in
+      1|true|TRUE|True|yes)
+        if [ "$status" != 2 ]; then
+          echo "CI: the browser setup failed (exit $status); the console tests cannot be skipped in CI" >&2
+          exit "$status"
+        fi ;;
+    esac
+    echo "browser tests will be skipped: scripts/browser-deps.sh exited $status" >&2
+  fi
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,10 +1,11 @@
 """Enrollment: turning uploaded photos into stored embeddings, in an RQ job or in-request.
 
 Transport: the server parks each uploaded image in Redis under its own expiring key
-(``UPLOAD_TTL``) and the job carries only those keys. The job hash is read back whole on every
-status poll (``GET /jobs/<id>``) and kept for the result TTL; 200 photos of 5 MB as arguments
-would make a 1 GB job hash. With keys, the job stays a few kilobytes, each image is read once
-by the worker and deleted once processed.
+(``UPLOAD_TTL``), with whose photo it is in the job's items (:meth:`GalleryStore.put_uploads`),
+and the job carries only the upload keys (a delete can erase items and photos, never the job).
+The job hash is read back whole on every status poll (``GET /jobs/<id>``) and kept for the
+result TTL; 200 photos of 5 MB as arguments would make a 1 GB job hash. With keys, the job stays
+a few kilobytes, each image is read once by the worker and deleted once processed.
 
 Serialization: every job (arguments, meta, return value) is JSON (:data:`JOB_SERIALIZER`) on
 both sides, never pickle: whoever can write to Redis must not be able to run code in the
@@ -19,6 +20,7 @@ under ``MIN_ENROLL_FACE_SIZE`` is refused. The status reported per image:
   for that person (the same photo never weighs twice);
 * ``no_face``, ``too_small``, ``several_faces``, ``unreadable`` (not an image, truncated, over the limits);
 * ``expired`` (the upload's TTL ran out before a worker got to it), ``person_deleted``,
+  ``image_deleted`` (the person, or the stored photo, was deleted: the row names neither),
   ``error`` (an unexpected failure on this image; the rest of the job goes on).
 
 Transient Redis failures are not caught: the job fails and RQ retries it
@@ -109,20 +111,27 @@ class EnrollmentPolicy:
 
 
 def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, data: bytes,
-                  policy: EnrollmentPolicy, *, filename: str | None = None,
-                  pending: set[tuple[str, str]] | None = None) -> tuple[dict[str, Any], EnrollmentResult | None]:
+                  policy: EnrollmentPolicy, *, filename: str | None = None, job_id: str | None = None,
+                  job_item: int | None = None, pending: set[tuple[str, str]] | None = None,
+                  ) -> tuple[dict[str, Any], EnrollmentResult | None]:
     """First half of enrolling one photo: the duplicate check and the policy. Returns the
     result dict so far and, for an accepted face, the outcome holding its aligned crop (to be
     embedded, possibly with other photos' crops, then stored by :func:`store_image`).
     ``pending`` holds the (person, image hash) pairs accepted but not stored yet; a photo
-    already there is a duplicate too, and an accepted one is added."""
+    already there is a duplicate too, and an accepted one is added. A photo that item
+    ``job_item`` of job ``job_id`` itself stored (an attempt killed before recording it) is
+    reported ``enrolled``."""
     digest = image_hash(data)
     result: dict[str, Any] = {"person_id": person_id, "image_hash": digest}
     if filename:
         result["filename"] = filename[:255]
     key = (person_id, digest)
-    if (pending is not None and key in pending) or store.has_image(person_id, digest):
-        return {**result, "status": "duplicate"}, None  # cheap: skip the model for a re-upload
+    if pending is not None and key in pending:
+        return {**result, "status": "duplicate"}, None
+    stored = store.image_info(person_id, digest)
+    if stored is not None:  # cheap: skip the model for a re-upload
+        own = job_id is not None and (stored.get("job_id"), stored.get("job_item")) == (job_id, job_item)
+        return {**result, "status": "enrolled" if own else "duplicate"}, None
     outcome = inspect_for_enrollment(recognizer, data, min_face_size=policy.min_enroll_face_size)
     result.update(outcome.to_dict())
     result.pop("face", None)
@@ -150,13 +159,14 @@ def embed_outcomes(models: ModelSet, outcomes: Sequence[EnrollmentResult]) -> li
 
 
 def store_image(store: GalleryStore, person_id: str, result: dict[str, Any], outcome: EnrollmentResult,
-                *, job_id: str | None = None, embeddings: dict[str, Any] | None = None,
-                keep_face_crop: bool = True) -> dict[str, Any]:
+                *, job_id: str | None = None, job_item: int | None = None,
+                embeddings: dict[str, Any] | None = None, keep_face_crop: bool = True) -> dict[str, Any]:
     """Second half: store the embedded face (every model's embedding in ``embeddings``, and its
     kept crop unless ``keep_face_crop`` is off); returns the final result dict."""
     if outcome.embedding is None and not embeddings:
         raise ValueError("store_image needs an embedded outcome (embed_outcomes first)")
-    info = {"enrolled_at": round(time.time(), 3), "job_id": job_id, "faces_found": outcome.faces_found,
+    info = {"enrolled_at": round(time.time(), 3), "job_id": job_id, "job_item": job_item,
+            "faces_found": outcome.faces_found,
             "box": result.get("box"), "probability": (outcome.face or {}).get("probability"),
             "filename": result.get("filename")}
     crop = encode_frame(outcome.frame) if keep_face_crop and outcome.frame is not None else None
@@ -168,7 +178,7 @@ def store_image(store: GalleryStore, person_id: str, result: dict[str, Any], out
     result = {**result, "status": status}
     if status == "duplicate":
         result.pop("message", None)
-        if job_id is not None and stored.get("job_id") == job_id:
+        if job_id is not None and (stored.get("job_id"), stored.get("job_item")) == (job_id, job_item):
             result["status"] = "enrolled"  # our own earlier attempt stored it (a retried job)
     return result
 
@@ -196,23 +206,31 @@ DEFAULT_EMBED_BATCH = 16  # faces per forward pass in a job (ENROLL_EMBED_BATCH)
 def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, Any], policy: EnrollmentPolicy,
                   job_id: str, index: int, pending: set[tuple[str, str]]) -> tuple[dict[str, Any], EnrollmentResult | None]:
     """One job item up to its embedding; every failure but Redis's becomes that image's result."""
+    info = store.job_item(job_id, index)
+    if info is None and "person_id" in item:  # a job enqueued before items lived apart from it
+        info = {"person_id": item["person_id"], **({"filename": item["filename"]} if item.get("filename") else {})}
+    if info is not None and "person_id" not in info:  # a tombstone: the person was deleted
+        return {"status": info.get("status", "person_deleted"), "message": "the person was deleted"}, None
+    if info is not None and info.get("status") == "image_deleted":
+        return {"person_id": info["person_id"], "status": "image_deleted", "message": "the photo was deleted"}, None
     data = store.get_upload(item["upload"])
-    if data is None:
-        result = {"person_id": item["person_id"], "status": "expired",
-                  "message": "the uploaded image expired before a worker processed it"}
-        if item.get("filename"):
-            result["filename"] = item["filename"]
+    if data is None or info is None:
+        result = {"status": "expired", "message": "the uploaded image expired before a worker processed it"}
+        for name in ("person_id", "filename"):
+            if info and info.get(name):
+                result[name] = info[name]
         return result, None
+    person_id = info["person_id"]
     try:
-        return inspect_image(recognizer, store, item["person_id"], data, policy, filename=item.get("filename"),
-                             pending=pending)
+        return inspect_image(recognizer, store, person_id, data, policy, filename=info.get("filename"),
+                             job_id=job_id, job_item=index, pending=pending)
     except FaceServiceError as exc:
-        return {"person_id": item["person_id"], "status": "error", "message": exc.message}, None
+        return {"person_id": person_id, "status": "error", "message": exc.message}, None
     except redis.RedisError:
         raise  # transient: let RQ retry the job
     except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
         log.exception("job %s: image %d failed", job_id, index)
-        return {"person_id": item["person_id"], "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None
+        return {"person_id": person_id, "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None
 
 
 def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -260,16 +278,16 @@ def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
                        for r, o in checked]
         for index, (result, outcome) in zip(chunk, checked):
             if outcome is not None:
-                result = store_image(store, items[index]["person_id"], result, outcome, job_id=job.id,
+                result = store_image(store, result["person_id"], result, outcome, job_id=job.id, job_item=index,
                                      embeddings=next(vectors), keep_face_crop=policy.keep_face_crops)
             result["index"] = index
-            store.append_job_result(job.id, result, ttl)
+            done[index] = store.append_job_result(job.id, result, ttl)
             store.drop_upload(items[index]["upload"])
-            done[index] = result
         job.meta["progress"] = {"done": len(done), "total": total}
         job.save_meta()
-    results = [done[i] for i in sorted(done)]
-    return {"results": results, "summary": dict(Counter(r["status"] for r in results)),
+    store.drop_job_items(job.id)
+    # The rows stay in Redis only (the job view reads them there), where a delete can redact them.
+    return {"summary": dict(Counter(r["status"] for r in done.values())), "total": total,
             "model_version": recognizer.version}
 
 
@@ -277,10 +295,10 @@ def enqueue_enrollment(queue: Queue, store: GalleryStore, config: ServiceConfig,
                        batches: Sequence[tuple[str, Sequence[tuple[str | None, bytes]]]]) -> Job:
     """Park the images in Redis and enqueue one job for ``[(person_id, [(filename, bytes)])]``."""
     job_id = uuid.uuid4().hex
-    flat = [(pid, name, data) for pid, images in batches for name, data in images]
-    keys = store.put_uploads(job_id, [data for _, _, data in flat], ttl=config.upload_ttl)
-    items = [{"person_id": pid, "upload": key, **({"filename": name[:255]} if name else {})}
-             for (pid, name, _), key in zip(flat, keys)]
+    parked = [(pid, {"image_hash": image_hash(data), **({"filename": name[:255]} if name else {})}, data)
+              for pid, images in batches for name, data in images]
+    keys = store.put_uploads(job_id, parked, ttl=config.upload_ttl, keep=max(config.upload_ttl, config.result_ttl))
+    items = [{"upload": key} for key in keys]
     spec = {
         "model_version": store.model_version,
         "prefix": store.prefix,
@@ -337,8 +355,7 @@ def _read_job(connection: Redis, store: GalleryStore, job_id: str) -> dict[str, 
         "ended_at": _iso(job.ended_at),
         "retries_left": job.retries_left,
     }
-    returned = job.return_value() if status == JobStatus.FINISHED else None
-    results = returned["results"] if isinstance(returned, dict) else store.job_results(job.id)
+    results = store.job_results(job.id)
     results.sort(key=lambda r: r.get("index", 0))
     body["results"] = results
     body["summary"] = dict(Counter(r["status"] for r in results))

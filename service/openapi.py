@@ -245,7 +245,7 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
                 "images": {"type": "array", "items": {"type": "object"}}}}]},
             "ImageResult": {"type": "object", "properties": {
                 "status": {"enum": ["enrolled", "duplicate", "no_face", "too_small", "unreadable", "expired",
-                                    "person_deleted", "error"]},
+                                    "person_deleted", "image_deleted", "several_faces", "error"]},
                 "person_id": {"type": "string"}, "image_hash": {"type": "string"},
                 "faces_found": {"type": "integer"}, "message": {"type": "string"}}},
             "Job": {"type": "object", "properties": {

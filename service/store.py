@@ -14,7 +14,9 @@ Layout (``p`` is ``REDIS_KEY_PREFIX``, ``v`` a model version, ``pid`` a person i
     p:changes                STREAM one entry per write: gen, person, op
     p:epoch                  STRING random token; changes when the data set is replaced (flush)
     p:upload:<job>:<n>       STRING an uploaded image waiting for its job (TTL)
+    p:jobitems:<job>         HASH  n -> JSON {person_id, image_hash, filename} of each image (TTL)
     p:jobresults:<job>       LIST  per-image results of a job so far (TTL)
+    p:personjobs:<pid>       SET   jobs whose items or results name the person (TTL)
 
 People (name, metadata) do not depend on the model; embeddings do, so they are keyed by
 model version and a server never reads another model's vectors. A photo is stored under
@@ -24,6 +26,15 @@ later (``upgrade.py``), so no version silently misses a photo. Each write is one
 script: the check, the write, the counter bump and the change-stream entry happen
 atomically, so concurrent writers lose nothing and a follower can never see a write
 without its change event.
+
+Deleting a person, or one photo, erases in the same script every key that holds their photos,
+embeddings or job items: parked uploads of pending jobs, job items and job results (found
+through ``personjobs``). A pending job's item becomes a tombstone without the person id or the
+photo hash (the job then reports ``person_deleted`` / ``image_deleted``), and a job result
+naming them becomes such a row. The change stream keeps the person id (only the id and the
+operation, never a photo or an embedding) until ``CHANGE_STREAM_MAXLEN`` trims it: its
+``delete`` entry is what tells every other process to drop the person. The job itself (RQ's
+hash) carries only upload keys, so it names nobody.
 """
 from __future__ import annotations
 
@@ -32,7 +43,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from redis import Redis
@@ -66,8 +77,40 @@ bump(ARGV[3], 'create')
 return 1
 """
 
+# Erase what pending and finished jobs hold of a person (hash == '') or of one photo: each job
+# item becomes a tombstone (its upload is deleted) and each result row naming them is redacted.
+_SCRUB = """
+local function scrub(prefix, pid, hash)
+  local status = 'person_deleted'
+  if hash ~= '' then status = 'image_deleted' end
+  local function hit(t) return t.person_id == pid and (hash == '' or t.image_hash == hash) end
+  local function tomb(t)
+    local out = {status = status}
+    if t.index ~= nil then out.index = t.index end
+    if hash ~= '' then out.person_id = pid end
+    return cjson.encode(out)
+  end
+  for _, job in ipairs(redis.call('SMEMBERS', prefix .. ':personjobs:' .. pid)) do
+    local items = prefix .. ':jobitems:' .. job
+    local flat = redis.call('HGETALL', items)
+    for i = 1, #flat, 2 do
+      local ok, item = pcall(cjson.decode, flat[i + 1])
+      if ok and type(item) == 'table' and hit(item) then
+        redis.call('HSET', items, flat[i], tomb({}))
+        redis.call('DEL', prefix .. ':upload:' .. job .. ':' .. flat[i])
+      end
+    end
+    local results = prefix .. ':jobresults:' .. job
+    for i, row in ipairs(redis.call('LRANGE', results, 0, -1)) do
+      local ok, r = pcall(cjson.decode, row)
+      if ok and type(r) == 'table' and hit(r) then redis.call('LSET', results, i - 1, tomb(r)) end
+    end
+  end
+end
+"""
+
 # KEYS[4] person, KEYS[5] people, KEYS[6] model_versions, KEYS[7] crop; ARGV[3] pid, ARGV[4] key prefix
-_DELETE = _BUMP + """
+_DELETE = _BUMP + _SCRUB + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
 redis.call('DEL', KEYS[4], KEYS[7])
 redis.call('ZREM', KEYS[5], ARGV[3])
@@ -75,6 +118,8 @@ for _, v in ipairs(redis.call('SMEMBERS', KEYS[6])) do
   redis.call('DEL', ARGV[4] .. ':emb:' .. v .. ':' .. ARGV[3], ARGV[4] .. ':imginfo:' .. v .. ':' .. ARGV[3])
   redis.call('SREM', ARGV[4] .. ':todo:' .. v, ARGV[3])
 end
+scrub(ARGV[4], ARGV[3], '')
+redis.call('DEL', ARGV[4] .. ':personjobs:' .. ARGV[3])
 bump(ARGV[3], 'delete')
 return 1
 """
@@ -115,7 +160,7 @@ return {'enrolled', tostring(bump(pid, 'add_image'))}
 
 # KEYS[4] person, KEYS[5] model_versions, KEYS[6] crop; ARGV[3] pid, ARGV[4] image hash, ARGV[5] key prefix
 # The photo goes from every version and its crop with it.
-_REMOVE_IMAGE = _BUMP + """
+_REMOVE_IMAGE = _BUMP + _SCRUB + """
 if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
 local removed = redis.call('HDEL', KEYS[6], ARGV[4])
 for _, v in ipairs(redis.call('SMEMBERS', KEYS[5])) do
@@ -124,8 +169,53 @@ for _, v in ipairs(redis.call('SMEMBERS', KEYS[5])) do
   redis.call('HDEL', ARGV[5] .. ':imginfo:' .. v .. ':' .. ARGV[3], ARGV[4])
 end
 if removed == 0 then return 0 end
+scrub(ARGV[5], ARGV[3], ARGV[4])
 bump(ARGV[3], 'remove_image')
 return 1
+"""
+
+# Park a job's uploads: KEYS[1] job items; ARGV[1] job id, ARGV[2] key prefix, ARGV[3] the
+# uploads' TTL, ARGV[4] the items' TTL, then (person id, item JSON, image bytes) per image. An
+# item of a person deleted meanwhile is parked as a tombstone, without its photo.
+_PUT_UPLOADS = """
+local job, prefix, ttl, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local n = 0
+for i = 5, #ARGV, 3 do
+  local pid = ARGV[i]
+  if redis.call('EXISTS', prefix .. ':person:' .. pid) == 1 then
+    redis.call('SET', prefix .. ':upload:' .. job .. ':' .. n, ARGV[i + 2], 'EX', ttl)
+    redis.call('HSET', KEYS[1], n, ARGV[i + 1])
+    local pj = prefix .. ':personjobs:' .. pid
+    redis.call('SADD', pj, job)
+    if redis.call('TTL', pj) < keep then redis.call('EXPIRE', pj, keep) end
+  else
+    redis.call('HSET', KEYS[1], n, cjson.encode({status = 'person_deleted'}))
+  end
+  n = n + 1
+end
+redis.call('EXPIRE', KEYS[1], keep)
+return n
+"""
+
+# Record one result row of a job, unless what it names was deleted since the job looked:
+# KEYS[1] results, KEYS[2] person, KEYS[3] emb, KEYS[4] personjobs; ARGV[1] row, ARGV[2] TTL,
+# ARGV[3] job id, ARGV[4] row if the person is gone, ARGV[5] row if its stored photo ARGV[6] is
+# gone ('' where that cannot apply). Returns the row written.
+_APPEND_RESULT = """
+local row, ttl = ARGV[1], tonumber(ARGV[2])
+if KEYS[2] ~= '' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    row = ARGV[4]
+  elseif ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[6]) == 0 then
+    row = ARGV[5]
+  else
+    redis.call('SADD', KEYS[4], ARGV[3])
+    if redis.call('TTL', KEYS[4]) < ttl then redis.call('EXPIRE', KEYS[4], ttl) end
+  end
+end
+redis.call('RPUSH', KEYS[1], row)
+redis.call('EXPIRE', KEYS[1], ttl)
+return row
 """
 
 
@@ -181,6 +271,8 @@ class GalleryStore:
         self._delete = redis.register_script(_DELETE)
         self._add_image = redis.register_script(_ADD_IMAGE)
         self._remove_image = redis.register_script(_REMOVE_IMAGE)
+        self._put_uploads = redis.register_script(_PUT_UPLOADS)
+        self._append_result = redis.register_script(_APPEND_RESULT)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -225,6 +317,12 @@ class GalleryStore:
 
     def job_results_key(self, job_id: str) -> str:
         return self._k("jobresults", job_id)
+
+    def job_items_key(self, job_id: str) -> str:
+        return self._k("jobitems", job_id)
+
+    def person_jobs_key(self, pid: str) -> str:
+        return self._k("personjobs", pid)
 
     @property
     def _bump_keys(self) -> list[str]:
@@ -317,6 +415,17 @@ class GalleryStore:
 
     def has_image(self, person_id: str, image_hash: str) -> bool:
         return bool(self.redis.hexists(self.emb_key(person_id), image_hash))
+
+    def image_info(self, person_id: str, image_hash: str) -> dict[str, Any] | None:
+        """What was recorded when this photo was stored (``job_id`` ...), None if it is not."""
+        raw = self.redis.hget(self.info_key(person_id), image_hash)
+        if raw is None:
+            return None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
     def add_image(self, person_id: str, image_hash: str, embedding: np.ndarray | Mapping[str, np.ndarray],
                   info: Mapping[str, Any], crop: bytes | None = None) -> tuple[str, dict[str, Any]]:
@@ -433,14 +542,26 @@ class GalleryStore:
 
     # -- uploads and job results -------------------------------------------------------
 
-    def put_uploads(self, job_id: str, images: list[bytes], ttl: int) -> list[str]:
-        """Park uploaded images for a job (one key each, expiring); returns their keys."""
-        keys = [self.upload_key(job_id, n) for n in range(len(images))]
-        with self.redis.pipeline(transaction=True) as pipe:
-            for key, data in zip(keys, images):
-                pipe.set(key, data, ex=ttl)
-            pipe.execute()
-        return keys
+    def put_uploads(self, job_id: str, items: Sequence[tuple[str, Mapping[str, Any], bytes]], ttl: int,
+                    keep: int) -> list[str]:
+        """Park a job's images for ``ttl`` seconds, one key each, and its items ``n -> {person_id,
+        image_hash, filename}`` for ``keep`` seconds, for ``[(person_id, item, bytes)]``,
+        atomically; returns the upload keys. Items live apart from the job so that a delete can
+        erase them."""
+        args: list[Any] = [job_id, self.prefix, int(ttl), int(keep)]
+        for pid, item, data in items:
+            args += [pid, json.dumps({**item, "person_id": pid}), data]
+        self._put_uploads(keys=[self.job_items_key(job_id)], args=args)
+        return [self.upload_key(job_id, n) for n in range(len(items))]
+
+    def job_item(self, job_id: str, index: int) -> dict[str, Any] | None:
+        """Item ``index`` of a job ({person_id, image_hash, filename}, or a tombstone
+        {status} once its person or photo was deleted); None once the items expired."""
+        raw = self.redis.hget(self.job_items_key(job_id), str(index))
+        return None if raw is None else json.loads(raw)
+
+    def drop_job_items(self, job_id: str) -> None:
+        self.redis.delete(self.job_items_key(job_id))
 
     def get_upload(self, key: str) -> bytes | None:
         return self.redis.get(key)
@@ -448,12 +569,23 @@ class GalleryStore:
     def drop_upload(self, key: str) -> None:
         self.redis.delete(key)
 
-    def append_job_result(self, job_id: str, result: Mapping[str, Any], ttl: int) -> None:
-        key = self.job_results_key(job_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, json.dumps(dict(result)))
-            pipe.expire(key, ttl)
-            pipe.execute()
+    def append_job_result(self, job_id: str, result: Mapping[str, Any], ttl: int) -> dict[str, Any]:
+        """Record one result row of a job and return the row written: a row naming a person
+        (or a stored photo) deleted since the job looked at it is written redacted, in the
+        same script, so a delete can never be followed by a row naming what it erased."""
+        row = dict(result)
+        pid = row.get("person_id")
+        keys = [self.job_results_key(job_id), "", "", ""]
+        args: list[Any] = [json.dumps(row), int(ttl), job_id, "", "", ""]
+        if isinstance(pid, str) and PERSON_ID_RE.fullmatch(pid):
+            keys = [self.job_results_key(job_id), self.person_key(pid), self.emb_key(pid), self.person_jobs_key(pid)]
+            gone = {"index": row.get("index"), "status": "person_deleted", "message": "the person was deleted"}
+            args[3] = json.dumps(gone)
+            if row.get("status") in ("enrolled", "duplicate") and row.get("image_hash"):
+                args[4] = json.dumps({"index": row.get("index"), "person_id": pid, "status": "image_deleted",
+                                      "message": "the photo was deleted"})
+                args[5] = row["image_hash"]
+        return json.loads(self._append_result(keys=keys, args=args))
 
     def job_results(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(r) for r in self.redis.lrange(self.job_results_key(job_id), 0, -1)]

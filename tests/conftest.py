@@ -18,14 +18,10 @@ from PIL import Image, ImageDraw  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def face_data() -> Path | None:
-    value = os.environ.get("FACE_DATA")
-    return Path(value) if value and Path(value).is_dir() else None
+from resources import face_data, pytest_runtest_makereport, pytest_runtest_setup  # noqa: E402,F401 - hooks
 
-
-requires_face_data = pytest.mark.skipif(
-    face_data() is None, reason="real face images not available: set FACE_DATA=../shared/data to run"
-)
+# Skipped without FACE_DATA, except in CI while the data is there (see resources.py).
+requires_face_data = pytest.mark.face_data
 
 
 def synthetic_face(identity: int, variant: int, size=(178, 218)) -> Image.Image:

@@ -128,3 +128,57 @@ def parse_prometheus(text: str) -> dict[str, dict[str, Any]]:
                 count = [v for n, _, v in samples if n.endswith("_count")]
                 assert count == [counts[-1]], f"{fam_name}: _count != +Inf bucket"
     return families
+
+
+def redis_values(client) -> list[tuple[bytes, bytes]]:
+    """(key, blob) for every key of the database (SCAN, every key type) and every piece of its
+    value: the key name, each string, hash field and value, list item, set and sorted-set
+    member, stream field and value. Each blob is also given zlib-inflated and base64-decoded
+    when it decodes (RQ keeps a job's arguments as zlib'd pickles and results as base64), so
+    a search sees what is inside. DUMP is not used for searching: its RDB encoding may
+    LZF-compress a string and hide what it holds."""
+    import base64
+    import binascii
+    import zlib
+
+    def unpacked(blob: bytes, depth: int = 0):
+        yield blob
+        if depth >= 2 or len(blob) < 8:
+            return
+        try:
+            yield from unpacked(zlib.decompress(blob), depth + 1)
+        except zlib.error:
+            pass
+        try:
+            decoded = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            return
+        yield from unpacked(decoded, depth + 1)
+
+    out: list[tuple[bytes, bytes]] = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            parts = [client.get(key)]
+        elif kind == "hash":
+            parts = [x for kv in client.hgetall(key).items() for x in kv]
+        elif kind == "list":
+            parts = client.lrange(key, 0, -1)
+        elif kind == "set":
+            parts = list(client.smembers(key))
+        elif kind == "zset":
+            parts = [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            parts = [x for _, fields in client.xrange(key) for kv in fields.items() for x in kv]
+        else:  # pragma: no cover - a type this service never writes
+            raise AssertionError(f"unexpected Redis type {kind} at {key!r}")
+        for part in [key, *parts]:
+            if part is not None:
+                out.extend((key, blob) for blob in unpacked(part))
+    return out
+
+
+def where_in_redis(client, needles: dict[str, bytes]) -> dict[str, set[bytes]]:
+    """For each named needle, the keys whose name or value contains it (see redis_values)."""
+    values = redis_values(client)
+    return {name: {key for key, blob in values if needle in blob} for name, needle in needles.items()}

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import requests
 from PIL import Image
 
 from conftest import face_data, requires_face_data
+from resources import chromium as chromium_binary
 from service_support import encode, head_crop, run_worker
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
@@ -35,22 +34,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
-def _chromium() -> str | None:
-    exe = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    return exe if exe and os.access(exe, os.X_OK) else None
-
-
-def _browser_unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed: run scripts/browser-deps.sh"
-    if _chromium() is None:
-        return "no chromium binary (apt-get install chromium, or set CHROMIUM): run scripts/browser-deps.sh"
-    return None
-
-
-requires_browser = pytest.mark.skipif(_browser_unavailable() is not None, reason=str(_browser_unavailable()))
+# Skipped without Playwright or Chromium, except in CI while Chromium is there (see resources.py).
+requires_browser = pytest.mark.browser
 
 
 # -- images ------------------------------------------------------------------------------
@@ -194,7 +179,7 @@ def playwright():
 @pytest.fixture(scope="module")
 def browser(playwright):
     """Chromium as on a machine with no camera."""
-    chromium = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+    chromium = playwright.chromium.launch(executable_path=chromium_binary(), args=CHROMIUM_ARGS)
     yield chromium
     chromium.close()
 
@@ -585,7 +570,7 @@ def camera_browser(playwright, tmp_path_factory):
         frames = [scene] * (FACE_SECONDS * CAMERA_FPS) + [empty] * (EMPTY_SECONDS * CAMERA_FPS)
         video = write_y4m(tmp_path_factory.mktemp("camera") / "checkpoint.y4m", frames, CAMERA_FPS)
         args.append(f"--use-file-for-fake-video-capture={video}")
-    chromium = playwright.chromium.launch(executable_path=_chromium(), args=args)
+    chromium = playwright.chromium.launch(executable_path=chromium_binary(), args=args)
     yield chromium
     chromium.close()
 

@@ -22,11 +22,13 @@
     unreadable: "Unreadable",
     expired: "Expired",
     person_deleted: "Person deleted",
+    image_deleted: "Photo deleted",
     error: "Error",
   };
   const STATUS_SUMMARY = {
     enrolled: "enrolled", duplicate: "duplicate", no_face: "no face", too_small: "too small",
-    several_faces: "several faces", unreadable: "unreadable", expired: "expired", person_deleted: "person deleted", error: "error",
+    several_faces: "several faces", unreadable: "unreadable", expired: "expired", person_deleted: "person deleted",
+    image_deleted: "photo deleted", error: "error",
   };
 
   const $ = (id) => document.getElementById(id);

@@ -1,9 +1,8 @@
 """trainer.metrics on inputs small enough to work out by hand: threshold calibration
 (threshold_at_far), the inside of roc_curve and open-set identification (FNIR at FPIR).
 
-Two tests are strict xfails: each pins a defect found while writing these examples (see
-its reason); once trainer/metrics.py is fixed they pass, strict mode fails them, and the
-marker must go."""
+Two of them pinned defects found while writing these examples (threshold_at_far's floating-point
+floor, roc_curve splitting tied scores); both are fixed in trainer/metrics.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,10 +46,6 @@ def test_tpr_at_fpr_uses_that_threshold_strictly():
     assert thr == 0.4 and tpr == 0.5  # 0.9 and 0.41 pass; 0.4 equals the threshold and is refused
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer/metrics.py threshold_at_far: k = floor(far * n) in floating point, and 0.29 * 100 == "
-    "28.999999999999996, so for 100 negatives at FAR 0.29 (also 0.57, 0.58) it allows 28, not 29: "
-    "the threshold is one score too high, not the smallest the docstring promises"))
 def test_threshold_at_far_is_the_smallest_for_every_share():
     neg = np.arange(100) / 100.0  # 0.00 .. 0.99, distinct
     for far in np.round(np.arange(0.01, 1.0, 0.01), 2):
@@ -83,10 +78,6 @@ def test_roc_curve_of_empty_sides_stays_finite():
     np.testing.assert_array_equal(fpr, [0, 0, 0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer/metrics.py roc_curve: tied scores are split into separate points, positives first "
-    "(stable sort of positives-then-negatives): pos=[0.5, 0.9], neg=[0.5, 0.1] gives the point (FPR 0, TPR 1) "
-    "that no threshold reaches; the curve is optimistic under ties (area 1.0 where roc_auc says 0.875)"))
 def test_roc_curve_points_are_reachable_under_ties():
     pos, neg = np.array([0.5, 0.9]), np.array([0.5, 0.1])
     fpr, tpr = metrics.roc_curve(pos, neg)

@@ -9,6 +9,8 @@ import time
 import pytest
 import redis as redis_lib
 from rq.job import Job
+
+from service.jobs import JOB_SERIALIZER
 from service_support import altered, b64, encode, head_crop, run_worker
 
 
@@ -19,7 +21,7 @@ def face_jpeg(astronaut) -> bytes:
 
 def retry_at_once(redis_db, job_id: str) -> None:
     """No scheduler runs in a burst test: make RQ requeue a failed attempt immediately."""
-    job = Job.fetch(job_id, connection=redis_db)
+    job = Job.fetch(job_id, connection=redis_db, serializer=JOB_SERIALIZER)
     job.retry_intervals = [0]
     job.save()
 
@@ -100,7 +102,7 @@ def test_an_upload_that_expired_is_reported_and_nothing_is_stored(service_app_fa
     client = service_app_factory(UPLOAD_TTL=1).test_client()
     response = client.post("/v1/enroll", data={"name": "Late", "images": [(io.BytesIO(face_jpeg), "late.jpg")]},
                            content_type="multipart/form-data").json
-    upload = Job.fetch(response["job_id"], connection=redis_db).kwargs["spec"]["items"][0]["upload"]
+    upload = Job.fetch(response["job_id"], connection=redis_db, serializer=JOB_SERIALIZER).kwargs["spec"]["items"][0]["upload"]
     assert redis_db.exists(upload)
     deadline = time.monotonic() + 10
     while redis_db.exists(upload) and time.monotonic() < deadline:  # Redis's own expiry, not a DEL
@@ -135,7 +137,7 @@ def test_a_worker_with_another_model_fails_the_job_at_once(service_app_factory, 
     first = client.post("/v1/people", json={"name": "Kept"}).json["person_id"]  # the gallery now keeps the model
     assert client.post(f"/v1/people/{first}/images", json={"image": b64(face_jpeg)}).status_code == 201
     response = client.post("/v1/enroll", json={"name": "Mismatch", "images": [b64(face_jpeg)]}).json
-    assert Job.fetch(response["job_id"], connection=redis_db).retries_left == 3
+    assert Job.fetch(response["job_id"], connection=redis_db, serializer=JOB_SERIALIZER).retries_left == 3
     jobs.set_recognizer(other_recognizer)
     assert run_worker(redis_server.client())
     view = client.get(f"/v1/jobs/{response['job_id']}").json

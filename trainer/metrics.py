@@ -14,7 +14,7 @@ def threshold_at_far(negatives: np.ndarray, far: float) -> float:
     neg = np.sort(np.asarray(negatives, dtype=np.float64))[::-1]
     if len(neg) == 0:
         raise ValueError("no negative scores")
-    k = int(np.floor(far * len(neg)))
+    k = int(np.floor(far * len(neg) + 1e-9))  # 0.29 * 100 is 28.999999999999996 in floating point
     return float(neg[min(k, len(neg) - 1)])
 
 
@@ -40,13 +40,15 @@ def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 
 def roc_curve(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) arrays over all thresholds, for plotting."""
-    scores = np.concatenate([positives, negatives])
+    """(FPR, TPR) arrays over all thresholds, for plotting: one point per distinct score, so tied
+    positives and negatives move together (no point that no threshold reaches)."""
+    scores = np.concatenate([positives, negatives]).astype(np.float64)
     labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     order = np.argsort(-scores, kind="mergesort")
-    labels = labels[order]
-    tpr = np.concatenate([[0.0], np.cumsum(labels) / max(len(positives), 1)])
-    fpr = np.concatenate([[0.0], np.cumsum(1 - labels) / max(len(negatives), 1)])
+    scores, labels = scores[order], labels[order]
+    ends = np.r_[np.flatnonzero(np.diff(scores) != 0), len(scores) - 1] if len(scores) else np.array([], int)
+    tpr = np.concatenate([[0.0], np.cumsum(labels)[ends] / max(len(positives), 1)])
+    fpr = np.concatenate([[0.0], np.cumsum(1 - labels)[ends] / max(len(negatives), 1)])
     return fpr, tpr
 
 

@@ -201,7 +201,9 @@ def service_app_factory(service_recognizer, tiny_model, redis_server, redis_db):
 
     def make(url: str | None = None, **overrides):
         config = {"REDIS_URL": url or redis_server.url, "MODEL_PATH": str(tiny_model),
-                  "RECOGNIZER": service_recognizer, "TESTING": True, **overrides}
+                  "RECOGNIZER": service_recognizer, "TESTING": True,
+                  # off unless a test asks: a quiet machine sends hundreds of test requests a second
+                  "RATE_LIMIT": "off", **overrides}
         return create_app(config)
 
     yield make

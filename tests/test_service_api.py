@@ -13,9 +13,10 @@ ADMIN, READ = "admin-secret-1", "read-secret-1"
 
 @pytest.fixture
 def app(service_app_factory):
-    # Small limits so that "too large" inputs stay cheap to build.
+    # Small limits so that "too large" inputs stay cheap to build. Rate limits off: these tests send
+    # hundreds of requests a second on a quiet machine (the limits have tests of their own).
     return service_app_factory(MAX_IMAGE_BYTES=300_000, MAX_IMAGE_PIXELS=1_000_000, MAX_CONTENT_LENGTH=1_000_000,
-                               MAX_IMAGES_PER_REQUEST=5)
+                               MAX_IMAGES_PER_REQUEST=5, RATE_LIMIT="off")
 
 
 @pytest.fixture

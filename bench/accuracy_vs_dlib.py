@@ -25,7 +25,6 @@ import argparse
 import csv
 import pickle
 import time
-import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from recognizer.images import load_image
 from recognizer.preprocess import AlignmentRecipe
 from trainer import metrics
 from trainer.evaluate import CELEBA_IR_FPRS
+from trainer.teacher import import_dlib
 
 from . import common
 from .datasets import model_split
@@ -48,14 +48,7 @@ class Dlib:
     """face_recognition's pipeline: HOG detector, 5-point landmarks, ResNet embedding."""
 
     def __init__(self, use_cache: bool = True, cache_writer: str = "") -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
-            try:
-                import dlib
-                import face_recognition
-            except ImportError as exc:
-                raise SystemExit(f"face_recognition is not installed ({exc}): "
-                                 "pip install -r bench/requirements.txt") from None
+        dlib, face_recognition = import_dlib("dlib", "face_recognition")
         self.fr = face_recognition
         self.version = f"dlib {dlib.__version__}, face_recognition {metadata.version('face_recognition')}"
         self.cache = DlibCache(self.version, enabled=use_cache, writer=cache_writer)

@@ -30,18 +30,25 @@ TEACHER_DIM = 128
 SAVE_EVERY = 500
 
 
+def import_dlib(*names: str) -> list:
+    """Import dlib and its companions (``face_recognition``, ``face_recognition_models``) without
+    the pkg_resources warning they print, or exit with the one install line that brings them."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
+        try:
+            return [importlib.import_module(name) for name in names]
+        except ImportError as exc:
+            raise SystemExit(f"dlib is a training/benchmark extra ({exc}): "
+                             ".venv/bin/pip install --no-deps -r bench/requirements.txt") from None
+
+
 class DlibTeacher:
     """dlib's 5-point landmarks + ResNet descriptor, loaded once."""
 
     def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
-            try:
-                import dlib
-                import face_recognition_models as models
-            except ImportError as exc:
-                raise SystemExit(f"the teacher needs dlib ({exc}): "
-                                 ".venv/bin/pip install --no-deps -r bench/requirements.txt") from None
+        dlib, models = import_dlib("dlib", "face_recognition_models")
         self._dlib = dlib
         self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())

@@ -46,6 +46,21 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(round(4 * math.sqrt(n))), n // _MIN_POINTS_PER_LIST))
 
 
+def train_ivf(ivf: faiss.IndexIVF, vecs: np.ndarray) -> None:
+    """Train an IVF index's lists (and codes) on a sample of unit vectors ``vecs``.
+
+    Spherical k-means keeps centroids on the unit sphere, like the data. k-means on every
+    vector of a million-person gallery takes many minutes on 2 cores; 64 points per list and
+    10 iterations place the lists as well for search purposes.
+    """
+    n, lists = vecs.shape[0], ivf.nlist
+    ivf.cp.spherical = True
+    ivf.cp.niter = TRAIN_ITERATIONS
+    sample = n if n <= TRAIN_POINTS_PER_LIST * lists else TRAIN_POINTS_PER_LIST * lists
+    rows = np.random.default_rng(0).choice(n, sample, replace=False) if sample < n else slice(None)
+    ivf.train(np.ascontiguousarray(vecs[rows]))
+
+
 class VectorIndex:
     """One vector per non-negative int64 id; exact (flat) or approximate (IVF).
 
@@ -113,13 +128,7 @@ class VectorIndex:
                 raise InvalidRequestError(f"nlist must be in [1, {n}], got {nlist}")
             quantizer = faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-            ivf.cp.spherical = True  # centroids on the unit sphere, like the data
-            # k-means on every vector of a million-person gallery takes many minutes on 2 cores;
-            # 64 points per list and 10 iterations place the lists as well for search purposes.
-            ivf.cp.niter = TRAIN_ITERATIONS
-            sample = n if n <= TRAIN_POINTS_PER_LIST * lists else TRAIN_POINTS_PER_LIST * lists
-            rows = np.random.default_rng(0).choice(n, sample, replace=False) if sample < n else slice(None)
-            ivf.train(np.ascontiguousarray(vecs[rows]))
+            train_ivf(ivf, vecs)
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             self._setup(ivf, "ivf", set())
             self.nprobe = nprobe

@@ -34,7 +34,8 @@ class Recognizer:
     def __init__(self, model: str | os.PathLike | ModelArtifact | None = None, device: str = "cpu",
                  threads: int | None = None, min_face_size: int = 20, min_probability: float = 0.9,
                  flip_average: bool | None = None, max_image_bytes: int | None = 20 * 1024 * 1024,
-                 max_image_pixels: int | None = 40_000_000, detect_max_side: int | None = None) -> None:
+                 max_image_pixels: int | None = 40_000_000, detect_max_side: int | None = None,
+                 embed_backend: str = "torch") -> None:
         if threads:
             torch.set_num_threads(threads)
         if model is None:  # MODEL_PATH, else the shipped release model
@@ -48,7 +49,7 @@ class Recognizer:
         self.max_image_pixels = max_image_pixels
         self.detector = FaceDetector(min_face_size=min_face_size, min_probability=min_probability, device=device,
                                      max_side=detect_max_side)
-        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average)
+        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average, backend=embed_backend)
 
     def load(self, source: ImageSource) -> np.ndarray:
         """Decode with this recognizer's size limits."""
@@ -78,10 +79,11 @@ class Recognizer:
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.embedder.embed(crops)
 
-    def analyze(self, image: ImageSource) -> list[FaceEmbedding]:
-        """Every face in the image with its embedding, largest face first."""
+    def analyze(self, image: ImageSource, min_face_size: int | None = None) -> list[FaceEmbedding]:
+        """Every face in the image with its embedding, largest face first; ``min_face_size``
+        (pixels) skips smaller faces and the detector work of looking for them."""
         pixels = self.load(image)
-        faces = self.detector.detect(pixels)
+        faces = self.detector.detect(pixels, min_face_size)
         vectors = self.embed(self.align(pixels, faces))
         return [FaceEmbedding(face, vec) for face, vec in zip(faces, vectors)]
 

@@ -36,6 +36,10 @@ ops = Blueprint("ops", __name__)
 MAX_PAGE = 1000
 
 
+#: The largest per-request ``min_face_size`` (pixels); larger values find nothing useful.
+MAX_MIN_FACE_SIZE = 4096
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
@@ -77,8 +81,11 @@ def identify() -> Any:
     body = RequestBody(request, svc.config)
     k = int_param(body.get("k"), "k", svc.config.default_k, 1, svc.config.max_k)
     threshold, source = threshold_of(svc, body)
+    # A checkpoint camera sees faces of 80 px and more: not looking for smaller ones halves detection.
+    min_face_size = int_param(body.get("min_face_size"), "min_face_size", svc.config.min_face_size,
+                              svc.config.min_face_size, MAX_MIN_FACE_SIZE)
     upload = body.image("image")
-    found = svc.recognizer.analyze(upload.data)
+    found = svc.recognizer.analyze(upload.data, min_face_size)
     # The freshness check happens here, after the slow part, right before answering.
     candidates = svc.cache.search(np.stack([f.embedding for f in found]), k) if found else []
     faces = []
@@ -91,7 +98,7 @@ def identify() -> Any:
             "matches": [match_json(m) for m in matches],
         })
     return {"model_version": svc.recognizer.version, "threshold": threshold, "threshold_source": source,
-            "k": k, "faces": faces}
+            "k": k, "min_face_size": min_face_size, "faces": faces}
 
 
 @v1.post("/verify")

@@ -26,11 +26,18 @@ def embed_tensor(model: nn.Module, batch: torch.Tensor, flip_average: bool) -> t
     return torch.nn.functional.normalize(out.float(), dim=1)
 
 
+BACKENDS = ("torch", "onnx")
+
+
 class Embedder:
     """Loads the network once; ``embed`` maps input-size face crops to unit vectors."""
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 64,
-                 flip_average: bool | None = None) -> None:
+                 flip_average: bool | None = None, backend: str = "torch") -> None:
+        """``backend``: ``"torch"`` (eager PyTorch) or ``"onnx"`` (the same weights under ONNX
+        Runtime on the CPU, see :mod:`recognizer.onnx_runtime`)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.recipe: AlignmentRecipe = artifact.recipe
         self.dim = artifact.embedding_size
         self.batch_size = batch_size
@@ -42,6 +49,12 @@ class Embedder:
         except RuntimeError as exc:
             raise ModelArtifactError(f"the artifact's weights do not fit {artifact.architecture}: {exc}") from exc
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.backend = backend
+        self._onnx = None
+        if backend == "onnx":
+            from .onnx_runtime import OnnxNetwork
+
+            self._onnx = OnnxNetwork(self.model, artifact.version, self.recipe.input_size, torch.get_num_threads())
 
     @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -51,6 +64,19 @@ class Embedder:
         outputs = []
         for start in range(0, len(crops), self.batch_size):
             batch = to_tensor(crops[start:start + self.batch_size], self.recipe).to(self.device)
+            if self._onnx is not None:
+                outputs.append(torch.from_numpy(self._embed_onnx(batch.numpy())))
+                continue
             batch = batch.contiguous(memory_format=torch.channels_last)
             outputs.append(embed_tensor(self.model, batch, self.flip_average).cpu())
         return torch.cat(outputs).numpy().astype(np.float32)
+
+    def _embed_onnx(self, batch: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call for the batch and (with flip averaging) its mirror."""
+        n = len(batch)
+        if self.flip_average:
+            batch = np.concatenate([batch, batch[:, :, :, ::-1]])
+        out = self._onnx(batch)
+        if self.flip_average:
+            out = out[:n] + out[n:]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -6,7 +6,9 @@ process, A and B alternating per image so both see the same machine load:
 
 * A: ``detector.detect(pixels)``, the deployment's minimum (``--min-face-size``, 20 as today);
 * B: ``detector.detect(pixels, min_face_size=80)``, what ``POST /v1/identify`` does with
-  ``min_face_size=80`` (MTCNN's pyramid starts at 12/80 instead of 12/20 of the image).
+  ``min_face_size=80`` (MTCNN's pyramid starts two scales below 80 px instead of at 20 px);
+* C: B with ``INFERENCE_BACKEND=onnx``: MTCNN's R-Net and O-Net and the embedding network under
+  ONNX Runtime.
 
 It reports detection time and detect + align + embed time (the identify path's model work) per
 image (medians over repeats), their ratios, whether every face A finds of at least 80 px is found
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> dict:
 
     common.set_threads(args.threads)
     rec = Recognizer(args.model, threads=args.threads, min_face_size=args.min_face_size, detect_max_side=1600)
+    onnx = Recognizer(rec.artifact, threads=args.threads, min_face_size=args.min_face_size, detect_max_side=1600,
+                      backend="onnx")
     probes, gallery = pick_images(args)
     # gallery: the enrolled CelebA people plus distractors (first image of further identities)
     groups = celeba_identities(Path(args.data) / "celeba1k")
@@ -54,41 +58,43 @@ def run(args: argparse.Namespace) -> dict:
     vecs.extend(rec.embed_images([str(p) for p in distract], crop_mode="frame"))
     index = VectorIndex.build(np.arange(len(vecs)), np.stack(vecs), kind="flat")
 
-    def answers(pixels: np.ndarray, faces: list) -> list[str]:
+    def answers(pixels: np.ndarray, faces: list, embedder=rec) -> list[str]:
         """What identify answers for each face: the matched person, or "unknown"."""
         if not faces:
             return []
-        emb = rec.embed(rec.align(pixels, faces))
+        emb = embedder.embed(rec.align(pixels, faces))
         cos, ids = index.search(emb, 1)
         return [names[i] if c >= rec.threshold else "unknown" for c, i in zip(cos[:, 0], ids[:, 0])]
 
     rows = []
     for probe in common.progress(probes, "images"):
         pixels = rec.load(probe.data)
-        times = {"A": {"detect": [], "path": []}, "B": {"detect": [], "path": []}}
+        times = {key: {"detect": [], "path": []} for key in "ABC"}
         found = {}
+        ways = [("A", None, rec), ("B", args.checkpoint, rec), ("C", args.checkpoint, onnx)]
         for r in range(args.repeats + 1):
-            for key, mfs in (("A", None), ("B", args.checkpoint)) if r % 2 == 0 else (("B", args.checkpoint), ("A", None)):
+            for key, mfs, way in ways if r % 2 == 0 else ways[::-1]:
                 start = time.perf_counter()
-                faces = rec.detector.detect(pixels, mfs)
+                faces = way.detector.detect(pixels, mfs)
                 mid = time.perf_counter()
                 if faces:
-                    rec.embed(rec.align(pixels, faces))
+                    way.embed(way.align(pixels, faces))
                 end = time.perf_counter()
                 if r:  # the first round warms up
                     times[key]["detect"].append(mid - start)
                     times[key]["path"].append(end - start)
                 found[key] = faces
-        a, b = found["A"], found["B"]
+        a, b, c = found["A"], found["B"], found["C"]
         wanted = [f for f in a if f.size >= args.checkpoint]
-        matched = [max((iou(f.box, g.box) for g in b), default=0.0) for f in wanted]
+        matched = [max((iou(f.box, g.box) for g in other), default=0.0) for f in wanted for other in (b, c)]
         pairs = [(f, max(b, key=lambda g: iou(f.box, g.box))) for f in wanted] if b else []
         ans_a = answers(pixels, [f for f, _ in pairs])
         ans_b = answers(pixels, [g for _, g in pairs])
+        ans_c = answers(pixels, [max(c, key=lambda g: iou(f.box, g.box)) for f in wanted] if c else [], onnx)
         rows.append({"name": probe.name, "kind": probe.kind, "faces_a": len(a), "faces_b": len(b),
                      "faces_a_under_min": len(a) - len(wanted), "min_iou": min(matched, default=1.0),
-                     "same_faces": all(m >= 0.9 for m in matched) and len(b) == len(wanted),
-                     "same_answers": ans_a == ans_b and len(pairs) == len(wanted), "answers": ans_a,
+                     "same_faces": all(m >= 0.9 for m in matched) and len(b) == len(c) == len(wanted),
+                     "same_answers": ans_a == ans_b == ans_c and len(pairs) == len(wanted), "answers": ans_a,
                      **{f"{k}_{stage}": float(np.median(v)) for k, d in times.items() for stage, v in d.items()}})
     return {"rows": rows, "min_face_size": args.min_face_size, "checkpoint": args.checkpoint,
             "threads": args.threads, "gallery": len(names), "model": rec.version}
@@ -100,17 +106,20 @@ def tables(res: dict) -> str:
         rows = [r for r in res["rows"] if group == "all" or r["kind"] == group]
         if not rows:
             continue
-        da, db = sum(r["A_detect"] for r in rows), sum(r["B_detect"] for r in rows)
-        pa, pb = sum(r["A_path"] for r in rows), sum(r["B_path"] for r in rows)
+        da, db, dc = (sum(r[f"{k}_detect"] for r in rows) for k in "ABC")
+        pa, pb, pc = (sum(r[f"{k}_path"] for r in rows) for k in "ABC")
         out.append([group, len(rows), sum(r["faces_a"] for r in rows), sum(r["faces_b"] for r in rows),
                     sum(r["faces_a_under_min"] for r in rows), common.ms(da / len(rows)), common.ms(db / len(rows)),
-                    common.ratio(da, db), common.ms(pa / len(rows)), common.ms(pb / len(rows)), common.ratio(pa, pb),
+                    common.ratio(da, db), common.ms(dc / len(rows)), common.ratio(da, dc),
+                    common.ms(pa / len(rows)), common.ms(pb / len(rows)), common.ratio(pa, pb),
+                    common.ms(pc / len(rows)), common.ratio(pa, pc),
                     f"{min(r['min_iou'] for r in rows):.3f}", sum(r["same_faces"] for r in rows),
                     sum(r["same_answers"] for r in rows)])
     head = ["images", "n", f"faces @{res['min_face_size']}", f"faces @{res['checkpoint']}",
             f"faces < {res['checkpoint']} px", f"detect ms @{res['min_face_size']}", f"detect ms @{res['checkpoint']}",
-            "detect speed-up", f"detect+embed ms @{res['min_face_size']}", f"detect+embed ms @{res['checkpoint']}",
-            "path speed-up", "min IoU", "same faces", "same answers"]
+            "detect speed-up", f"detect ms @{res['checkpoint']} onnx", "detect speed-up (onnx)", f"detect+embed ms @{res['min_face_size']}", f"detect+embed ms @{res['checkpoint']}",
+            "path speed-up", f"detect+embed ms @{res['checkpoint']} onnx", "path speed-up (onnx)", "min IoU",
+            "same faces", "same answers"]
     text = common.markdown_table(head, out)
     per = [[r["name"], r["faces_a"], r["faces_b"], common.ms(r["A_detect"]), common.ms(r["B_detect"]),
             common.ratio(r["A_detect"], r["B_detect"]), f"{r['min_iou']:.3f}", r["same_faces"], r["same_answers"]]

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
 
     common.set_threads(args.threads)
     torch_rec = Recognizer(args.model, threads=args.threads)
-    onnx_rec = Recognizer(torch_rec.artifact, threads=args.threads, embed_backend="onnx")
+    onnx_rec = Recognizer(torch_rec.artifact, threads=args.threads, backend="onnx")
     celeba = Path(args.data) / "celeba1k" / "img_align_celeba"
     paths = sorted(celeba.glob("*.jpg"))[:: max(1, 23948 // args.faces)][: args.faces]
     crops = np.stack([torch_rec.prepare(p, "frame") for p in paths])

@@ -56,7 +56,9 @@ class FaceDetector:
     """
 
     def __init__(self, min_face_size: int = 20, min_probability: float = 0.9, device: str = "cpu",
-                 max_side: int | None = None) -> None:
+                 max_side: int | None = None, backend: str = "torch") -> None:
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"detector backend must be 'torch' or 'onnx', got {backend!r}")
         facenet_pytorch = import_facenet_pytorch()
         self.min_face_size = check_min_face_size(min_face_size)
         self.min_probability = min_probability
@@ -68,6 +70,14 @@ class FaceDetector:
         # MTCNN.detect reads its min_face_size attribute; calling the function under it with a
         # per-call size keeps one shared MTCNN safe for concurrent requests.
         self._detect_face = facenet_pytorch.models.utils.detect_face.detect_face
+        self._rnet, self._onet = self._mtcnn.rnet, self._mtcnn.onet
+        if backend == "onnx":  # R-Net and O-Net under ONNX Runtime; P-Net is no faster there
+            from .onnx_runtime import OnnxNetwork, OnnxStage
+
+            threads = torch.get_num_threads()
+            self._rnet, self._onet = (
+                OnnxStage(OnnxNetwork(net, f"mtcnn-{name}-facenet-pytorch2.6.0", torch.zeros(2, 3, side, side), threads))
+                for name, net, side in (("rnet", self._mtcnn.rnet, 24), ("onet", self._mtcnn.onet, 48)))
 
     def _pyramid_start(self, wanted: float) -> float:
         """The ``minsize`` to hand MTCNN so that its pyramid is the detector's own pyramid
@@ -104,7 +114,7 @@ class FaceDetector:
         if min(image.shape[:2]) < max(12.0, wanted * scale):
             return []  # no face of the wanted size fits (and MTCNN's pyramid would be empty)
         minsize = self._pyramid_start(wanted * scale)
-        boxes, points = self._detect_face(image, minsize, self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet,
+        boxes, points = self._detect_face(image, minsize, self._mtcnn.pnet, self._rnet, self._onet,
                                           self._mtcnn.thresholds, self._mtcnn.factor, self._mtcnn.device)
         boxes, points = np.asarray(boxes[0]), np.asarray(points[0])
         if len(boxes) == 0:

@@ -54,7 +54,8 @@ class Embedder:
         if backend == "onnx":
             from .onnx_runtime import OnnxNetwork
 
-            self._onnx = OnnxNetwork(self.model, artifact.version, self.recipe.input_size, torch.get_num_threads())
+            example = torch.zeros(2, 3, *self.recipe.input_size)
+            self._onnx = OnnxNetwork(self.model, f"embedder-{artifact.version}", example, torch.get_num_threads())
 
     @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -76,7 +77,7 @@ class Embedder:
         n = len(batch)
         if self.flip_average:
             batch = np.concatenate([batch, batch[:, :, :, ::-1]])
-        out = self._onnx(batch)
+        out = self._onnx(batch)[0]
         if self.flip_average:
             out = out[:n] + out[n:]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -1,7 +1,9 @@
-"""The embedding network under ONNX Runtime: the same weights, exported once per model version.
+"""Networks under ONNX Runtime: the same weights, exported once per model version.
 
-Why: on this CPU ONNX Runtime runs InceptionResnetV1 about 2x faster than eager PyTorch for
-one face (docs/BENCHMARKS.md), with embeddings equal to fp32 PyTorch's to 1e-6. The export
+Why: on this CPU ONNX Runtime runs InceptionResnetV1 faster than eager PyTorch (most for one
+face), and MTCNN's R-Net and O-Net 1.6x and 2.5x faster (P-Net, one large convolution over each
+pyramid scale, is not faster and stays in PyTorch); see docs/BENCHMARKS.md. Outputs equal
+fp32 PyTorch's to 1e-6. The export
 (``torch.onnx.export``) takes seconds, so the graph is cached per model version and torch
 version under ``$FACEREC_CACHE`` (default ``~/.cache/facerec``), written atomically, and every
 later process of the host loads it from there.
@@ -25,29 +27,35 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FACEREC_CACHE") or Path.home() / ".cache" / "facerec")
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, int]) -> bytes:
+def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     """The network as an ONNX graph with a dynamic batch dimension (NCHW float32 input)."""
-    height, width = input_size
-    dummy = torch.zeros(2, 3, height, width)
     buf = io.BytesIO()
+    outputs = model(example)
+    names = [f"y{i}" for i in range(len(outputs))] if isinstance(outputs, (tuple, list)) else ["y0"]
     with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.float().eval(), dummy, buf, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(model.float().eval(), example, buf, input_names=["x"], output_names=names,
+                          dynamic_axes={"x": {0: "n"}, **{name: {0: "n"} for name in names}},
+                          opset_version=17, dynamo=False)
     return buf.getvalue()
 
 
 class OnnxNetwork:
-    """An ONNX Runtime session for one model version; ``__call__`` maps NCHW float32 to outputs."""
+    """An ONNX Runtime session for one network, its graph cached under ``key``.
 
-    def __init__(self, model: nn.Module, version: str, input_size: tuple[int, int], threads: int) -> None:
+    ``key`` must change whenever the weights do (the model version, the package that ships
+    them); the torch version is added because it made the graph.
+    """
+
+    def __init__(self, model: nn.Module, key: str, example: torch.Tensor, threads: int) -> None:
         import onnxruntime as ort
 
-        path = cache_dir() / f"embedder-{version}-torch{torch.__version__.split('+')[0]}.onnx"
+        path = cache_dir() / f"{key}-torch{torch.__version__.split('+')[0]}.onnx"
         if path.is_file():
             graph = path.read_bytes()
         else:
-            graph = export_onnx(model, input_size)
+            with torch.inference_mode():
+                graph = export_onnx(model, example)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, graph)
         options = ort.SessionOptions()
@@ -56,5 +64,17 @@ class OnnxNetwork:
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.path = path
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the network for an NCHW float32 batch."""
+        return self.session.run(None, {"x": np.ascontiguousarray(batch, dtype=np.float32)})
+
+
+class OnnxStage:
+    """An MTCNN stage (R-Net or O-Net) under ONNX Runtime, called like the torch module it
+    replaces: a tensor in, a tuple of tensors out (what facenet-pytorch's ``detect_face`` expects)."""
+
+    def __init__(self, network: OnnxNetwork) -> None:
+        self.network = network
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(out) for out in self.network(batch.numpy()))

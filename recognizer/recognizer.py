@@ -35,7 +35,7 @@ class Recognizer:
                  threads: int | None = None, min_face_size: int = 20, min_probability: float = 0.9,
                  flip_average: bool | None = None, max_image_bytes: int | None = 20 * 1024 * 1024,
                  max_image_pixels: int | None = 40_000_000, detect_max_side: int | None = None,
-                 embed_backend: str = "torch") -> None:
+                 backend: str = "torch") -> None:
         if threads:
             torch.set_num_threads(threads)
         if model is None:  # MODEL_PATH, else the shipped release model
@@ -48,8 +48,8 @@ class Recognizer:
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
         self.detector = FaceDetector(min_face_size=min_face_size, min_probability=min_probability, device=device,
-                                     max_side=detect_max_side)
-        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average, backend=embed_backend)
+                                     max_side=detect_max_side, backend=backend)
+        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average, backend=backend)
 
     def load(self, source: ImageSource) -> np.ndarray:
         """Decode with this recognizer's size limits."""

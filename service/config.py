@@ -38,7 +38,7 @@ class ServiceConfig:
     min_face_size: int = 20  # detector: smaller faces are not even looked for
     detect_max_side: int = 1600  # larger photos are searched for faces on a copy this size (0: full size)
     min_detection_probability: float = 0.9
-    embed_backend: str = "torch"  # "onnx": the embedding network under ONNX Runtime (same embeddings, faster)
+    inference_backend: str = "torch"  # "onnx": embedding network + MTCNN's R/O-Nets under ONNX Runtime
     min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this
     enroll_embed_batch: int = 16  # faces per forward pass in an enrollment job (2x faster than 1 on CPU)
     default_k: int = 5
@@ -150,8 +150,8 @@ def _check(c: ServiceConfig) -> None:
             raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")
     if c.detect_max_side < 0 or 0 < c.detect_max_side < 4 * c.min_face_size:
         raise ConfigError(f"DETECT_MAX_SIDE must be 0 (off) or at least 4 x MIN_FACE_SIZE, got {c.detect_max_side}")
-    if c.embed_backend not in ("torch", "onnx"):
-        raise ConfigError(f"EMBED_BACKEND must be 'torch' or 'onnx', got {c.embed_backend!r}")
+    if c.inference_backend not in ("torch", "onnx"):
+        raise ConfigError(f"INFERENCE_BACKEND must be 'torch' or 'onnx', got {c.inference_backend!r}")
     if not 0.0 <= c.min_detection_probability <= 1.0:
         raise ConfigError("MIN_DETECTION_PROBABILITY must be in [0, 1]")
     if not 1 <= c.default_k <= c.max_k:

@@ -57,7 +57,7 @@ def load_recognizer(path: Path, config: ServiceConfig) -> Recognizer:
         min_face_size=config.min_face_size,
         detect_max_side=config.detect_max_side,
         min_probability=config.min_detection_probability,
-        embed_backend=config.embed_backend,
+        backend=config.inference_backend,
         max_image_bytes=config.max_image_bytes,
         max_image_pixels=config.max_image_pixels,
     )

@@ -110,11 +110,13 @@ def python_baseline() -> int:
 
 
 def hnsw_rows(people: np.ndarray, queries: np.ndarray, exact: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    faiss.omp_set_num_threads(args.build_threads)
     start = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(people.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = 40
     hnsw.add(people)
     build = time.perf_counter() - start
+    faiss.omp_set_num_threads(args.threads)
     rows = []
     for ef in args.ef:
         hnsw.hnsw.efSearch = ef
@@ -153,9 +155,11 @@ def run(args: argparse.Namespace) -> dict:
         del flat
         print(f"  {n:,}: exact done", flush=True)
 
+        faiss.omp_set_num_threads(args.build_threads)
         start = time.perf_counter()
         ivf = VectorIndex.build(ids, people, kind="ivf")
         ivf_build = time.perf_counter() - start
+        faiss.omp_set_num_threads(args.threads)
         ivf_file = work / f"ivf-{n}.faiss"
         ivf.save(ivf_file)
         for nprobe in args.nprobe:
@@ -167,7 +171,9 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  {n:,}: IVF-Flat done ({ivf_build:.0f} s build)", flush=True)
 
         snap_dir = work / f"snapshot-{n}"
+        faiss.omp_set_num_threads(args.build_threads)
         meta = build_snapshot(snap_dir, ids, people)
+        faiss.omp_set_num_threads(args.threads)
         snap_bytes = sum(meta["bytes"].values()) / n
         snap = SnapshotIndex.open(snap_dir)
         for nprobe in args.snap_nprobe:
@@ -231,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", default=None, help="the run's splits.json (default: next to --model)")
     p.add_argument("--synthetic", action="store_true", help="clustered synthetic vectors even with a model")
     p.add_argument("--sizes", default=None, help="comma-separated gallery sizes (default 1e6; quick 2e4)")
-    p.add_argument("--nprobe", default="32,64,128", help="today's IVF-Flat nprobe values")
-    p.add_argument("--snap-nprobe", default="32,64,128", help="snapshot nprobe values")
+    p.add_argument("--nprobe", default="32,64,128,256", help="today's IVF-Flat nprobe values")
+    p.add_argument("--snap-nprobe", default="32,64,128,256", help="snapshot nprobe values")
     p.add_argument("--refine", default="8", help="snapshot re-ranking factors (candidates = refine x k)")
     p.add_argument("--ef", default="64,128", help="HNSW efSearch values")
+    p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
+                   help="faiss threads while building (queries use --threads)")
     p.add_argument("--hnsw-max", type=float, default=1e5, help="build HNSW only up to this many people")
     p.add_argument("--processes", type=int, default=2, help="server processes sharing one host")
     p.add_argument("--share-nprobe", type=int, default=64)

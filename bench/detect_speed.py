@@ -87,13 +87,15 @@ def run(args: argparse.Namespace) -> dict:
         a, b, c = found["A"], found["B"], found["C"]
         wanted = [f for f in a if f.size >= args.checkpoint]
         matched = [max((iou(f.box, g.box) for g in other), default=0.0) for f in wanted for other in (b, c)]
+        # a face B or C finds that A did not (a face a little under the minimum that A found too is fine)
+        strangers = [g for g in b + c if max((iou(f.box, g.box) for f in a), default=0.0) < 0.9]
         pairs = [(f, max(b, key=lambda g: iou(f.box, g.box))) for f in wanted] if b else []
         ans_a = answers(pixels, [f for f, _ in pairs])
         ans_b = answers(pixels, [g for _, g in pairs])
         ans_c = answers(pixels, [max(c, key=lambda g: iou(f.box, g.box)) for f in wanted] if c else [], onnx)
         rows.append({"name": probe.name, "kind": probe.kind, "faces_a": len(a), "faces_b": len(b),
                      "faces_a_under_min": len(a) - len(wanted), "min_iou": min(matched, default=1.0),
-                     "same_faces": all(m >= 0.9 for m in matched) and len(b) == len(c) == len(wanted),
+                     "same_faces": all(m >= 0.9 for m in matched) and not strangers,
                      "same_answers": ans_a == ans_b == ans_c and len(pairs) == len(wanted), "answers": ans_a,
                      **{f"{k}_{stage}": float(np.median(v)) for k, d in times.items() for stage, v in d.items()}})
     return {"rows": rows, "min_face_size": args.min_face_size, "checkpoint": args.checkpoint,

@@ -187,7 +187,7 @@ def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, ext
         classes, counts = np.unique(extra_labels, return_counts=True)
         keep = np.isin(extra_labels, classes[counts >= min_images])
         extra_crops, extra_labels = extra_crops[keep], extra_labels[keep]
-        paths += [p for p, k in zip([p for p, o in zip(dataset.paths, ok) if o], keep) if k]
+        paths += [dataset.paths[i] for i in np.flatnonzero(ok)[keep]]
         _, extra_labels = np.unique(extra_labels, return_inverse=True)
         parts_crops.append(extra_crops)
         parts_labels.append(extra_labels + next_label)

@@ -155,10 +155,10 @@ def measure(model_path: Path, celeba_ir: Path, celeba1k: Path | None, reference:
     q_imgs = [load_image(p) for p in q_paths]
     q = _embed_arrays(rec, q_imgs)
     d = rec.embed_images(d_paths, "crop")
-    report["celeba_ir"] = tpr_row(*celeba_ir_scores(q, ids, d))
+    pos, neg = celeba_ir_scores(q, ids, d)
+    report["celeba_ir"] = tpr_row(pos, neg)
     report["celeba_ir"].update(queries=len(q), identities=int(len(set(ids))), distractors=len(d))
     thr = rec.threshold
-    pos, neg = celeba_ir_scores(q, ids, d)
     report["celeba_ir"]["at_threshold"] = {"tpr": float(np.mean(pos > thr)), "fpr": float(np.mean(neg > thr))}
     report["conditions"] = {}
     for name, change in CONDITIONS.items():

@@ -51,9 +51,10 @@ def to_frame(image: np.ndarray, kind: str, detector, recipe: AlignmentRecipe) ->
 
 def prepare(source: str | os.PathLike, labels: str | os.PathLike, kind: str, out: str | os.PathLike,
             exclude: str | os.PathLike | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
-    """Write ``out/img_align_celeba/*.jpg`` for this shard's images, and (shard 0 of N, once every
-    shard has finished) ``out/identity_CelebA.txt`` for the frames that exist. Resumable: frames
-    already written are kept."""
+    """Write ``out/img_align_celeba/*.jpg`` for this shard's images, then ``out/identity_CelebA.txt``
+    for every frame that exists by then. Each shard rewrites that file as it ends (atomically), so
+    the last shard to end leaves the whole list, whatever the order. Resumable: frames already
+    written are kept."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     source, out = Path(source), Path(out)
@@ -90,8 +91,8 @@ def prepare(source: str | os.PathLike, labels: str | os.PathLike, kind: str, out
         tmp.write_bytes(jpeg.tobytes())
         os.replace(tmp, target)  # a killed run leaves no half-written frame behind
     kept = [(n, i) for n, i in rows if (img_dir / Path(n).with_suffix(".jpg").name).is_file()]
-    if index == 0:
-        (out / "identity_CelebA.txt").write_text(
-            "".join(f"{Path(n).with_suffix('.jpg').name} {i}\n" for n, i in kept))
+    tmp = out / f"identity_CelebA.txt.{index}of{count}.part"
+    tmp.write_text("".join(f"{Path(n).with_suffix('.jpg').name} {i}\n" for n, i in kept))
+    os.replace(tmp, out / "identity_CelebA.txt")
     return {"images": len(rows), "this_shard": len(mine), "missing": missing, "no_face": no_face,
             "frames": len(kept), "identities": len({i for _, i in kept})}

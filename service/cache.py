@@ -10,6 +10,11 @@ before responding; every other process syncs before answering).
 A full rebuild happens when the change stream cannot tell what changed: another epoch
 (the Redis data set was flushed or replaced), a counter that went backwards (a restore),
 or entries trimmed from the stream before this process read them.
+
+With a host snapshot (``GALLERY_SNAPSHOT_DIR``, service/snapshot.py) a rebuild maps the
+snapshot instead of reading every person, and replays the stream after the snapshot's
+marker; people changed since then live in the index's in-process overlay. Without one, or
+when the snapshot cannot be followed up to now, the rebuild reads Redis as above.
 """
 from __future__ import annotations
 
@@ -21,10 +26,13 @@ from typing import Iterable
 import numpy as np
 import redis
 
-from index import Match, VectorIndex, cosine_to_angle_deg, mean_embedding
+from index import Match, SnapshotIndex, VectorIndex, cosine_to_angle_deg, mean_embedding
 from recognizer.errors import InvalidRequestError
 
+from recognizer.errors import GalleryError
+
 from .errors import ServiceUnavailableError
+from .snapshot import GallerySnapshot, open_current
 from .store import GalleryStore, Marker
 
 log = logging.getLogger(__name__)
@@ -37,10 +45,14 @@ class GalleryCache:
     is not thread-safe and the server may run several request threads per process.
     """
 
-    def __init__(self, store: GalleryStore) -> None:
+    def __init__(self, store: GalleryStore, snapshot_dir: str | None = None) -> None:
         self.store = store
+        self.snapshot_dir = snapshot_dir
         self._lock = threading.RLock()
-        self._index = VectorIndex(store.dim)
+        self._index: VectorIndex | SnapshotIndex = VectorIndex(store.dim)
+        self._snapshot: GallerySnapshot | None = None
+        # People touched since the snapshot (all people without one): the snapshot's own
+        # people are found through its mapped, sorted pids instead of per-process dicts.
         self._int_of: dict[str, int] = {}
         self._pid_of: dict[int, str] = {}
         self._names: dict[str, str] = {}
@@ -49,6 +61,7 @@ class GalleryCache:
         self._last_id = b"0-0"
         self.rebuilds = 0
         self.last_sync = 0.0
+        self.source = "none"  # where the last rebuild came from: "snapshot" or "redis"
 
     # -- following Redis ---------------------------------------------------------------
 
@@ -87,18 +100,76 @@ class GalleryCache:
                 raise ServiceUnavailableError(f"the gallery store (Redis) is unreachable: {exc}") from None
 
     def _rebuild_locked(self) -> None:
+        if self.snapshot_dir and self._open_snapshot_locked():
+            return
         marker, last_id = self.store.snapshot_marker()  # before reading: racing writes get replayed
         people = self.store.load_people(self.store.all_person_ids())
         self._index = VectorIndex(self.store.dim)
+        self._snapshot = None
         self._int_of.clear()
         self._pid_of.clear()
         self._names.clear()
+        self._next_int = 0
+        self.source = "redis"
         for pid, entry in people.items():
             if entry is not None:
                 self._put(pid, *entry)
         self._marker, self._last_id = marker, last_id
         self.rebuilds += 1
         log.info("gallery cache rebuilt: %d people with vectors (gen %d)", len(self._index), marker.gen)
+
+    def _open_snapshot_locked(self) -> bool:
+        """Map the host's snapshot and replay the stream after it; False (and a log line saying
+        why) when there is none or it cannot be brought up to now, so Redis is read instead."""
+        try:
+            snap = open_current(self.snapshot_dir, self.store.model_version)
+        except GalleryError as exc:
+            log.warning("gallery snapshot ignored: %s", exc.message)
+            return False
+        if snap is None:
+            log.info("no gallery snapshot of %s under %s yet: reading Redis", self.store.model_version, self.snapshot_dir)
+            return False
+        current, _ = self.store.snapshot_marker()
+        if current.epoch != snap.marker.epoch or current.gen < snap.marker.gen:
+            log.warning("gallery snapshot %s is of another data set (epoch/gen): reading Redis", snap.path)
+            return False
+        changes, last_id, expected = [], snap.last_id, snap.marker.gen + 1
+        while True:  # the whole stream after the snapshot, in pages
+            page = self.store.changes_after(last_id)
+            if not page:
+                break
+            if page[0].gen != expected:
+                log.warning("gallery snapshot %s is older than the change stream keeps: reading Redis", snap.path)
+                return False
+            changes += page
+            last_id, expected = page[-1].stream_id, page[-1].gen + 1
+        if expected - 1 < current.gen:
+            log.warning("gallery snapshot %s: the stream stops before gen %d: reading Redis", snap.path, current.gen)
+            return False
+        self._snapshot, self._index, self.source = snap, snap.index, "snapshot"
+        self._int_of.clear()
+        self._pid_of.clear()
+        self._names.clear()
+        self._next_int = len(snap)
+        self._apply(c.person_id for c in changes)
+        self._marker, self._last_id = Marker(current.epoch, expected - 1), last_id
+        self.rebuilds += 1
+        log.info("gallery snapshot %s mapped: %d people, %d changes replayed (gen %d)",
+                 snap.path, len(self._index), len(changes), self._marker.gen)
+        return True
+
+    def _int_id(self, pid: str) -> int | None:
+        """The index id of ``pid``: assigned since the snapshot, else its snapshot row."""
+        int_id = self._int_of.get(pid)
+        if int_id is None and self._snapshot is not None:
+            int_id = self._snapshot.row_of(pid)
+        return int_id
+
+    def _pid(self, int_id: int) -> str | None:
+        pid = self._pid_of.get(int_id)
+        if pid is None and self._snapshot is not None and 0 <= int_id < len(self._snapshot):
+            pid = self._snapshot.pid_of(int_id)
+        return pid
 
     def _apply(self, person_ids: Iterable[str]) -> None:
         pids = list(dict.fromkeys(person_ids))
@@ -118,17 +189,18 @@ class GalleryCache:
             log.warning("person %s has no usable mean vector: %s", pid, exc.message)
             self._drop(pid)
             return
-        int_id = self._int_of.get(pid)
+        int_id = self._int_id(pid)
         if int_id is None:
             int_id = self._next_int
             self._next_int += 1
-            self._int_of[pid] = int_id
-            self._pid_of[int_id] = pid
+        self._int_of[pid] = int_id
+        self._pid_of[int_id] = pid
         self._names[pid] = name
         self._index.upsert(int_id, vector)
 
     def _drop(self, pid: str) -> None:
-        int_id = self._int_of.pop(pid, None)
+        int_id = self._int_id(pid)
+        self._int_of.pop(pid, None)
         self._names.pop(pid, None)
         if int_id is not None:
             self._pid_of.pop(int_id, None)
@@ -146,25 +218,34 @@ class GalleryCache:
             if q.shape[0] == 0 or len(self._index) == 0:
                 return [[] for _ in range(q.shape[0])]
             cosines, ids = self._index.search(q, min(int(k), len(self._index)))
-            results: list[list[Match]] = []
-            for row_cos, row_ids in zip(cosines.tolist(), ids.tolist()):
-                matches = []
-                for cos, int_id in zip(row_cos, row_ids):
-                    pid = self._pid_of.get(int_id)
-                    if int_id < 0 or pid is None:
-                        continue
-                    cos = min(1.0, max(-1.0, float(cos)))
-                    matches.append(Match(pid, self._names[pid], cos, cosine_to_angle_deg(cos)))
-                results.append(matches)
-            return results
+            found = [[(min(1.0, max(-1.0, float(cos))), self._pid(int_id))
+                      for cos, int_id in zip(row_cos, row_ids) if int_id >= 0]
+                     for row_cos, row_ids in zip(cosines.tolist(), ids.tolist())]
+            names = self._names_of({pid for row in found for _, pid in row if pid is not None})
+            return [[Match(pid, names[pid], cos, cosine_to_angle_deg(cos)) for cos, pid in row if pid in names]
+                    for row in found]
+
+    def _names_of(self, pids: set[str]) -> dict[str, str]:
+        """Names of these people: kept for those loaded in this process, read from Redis for a
+        snapshot's people (the snapshot holds no names; a search returns a handful)."""
+        names = {pid: self._names[pid] for pid in pids if pid in self._names}
+        missing = [pid for pid in pids if pid not in names]
+        if missing:
+            try:
+                for pid, name in zip(missing, self.store.names(missing)):
+                    if name is not None:
+                        names[pid] = name
+            except redis.RedisError as exc:
+                raise ServiceUnavailableError(f"the gallery store (Redis) is unreachable: {exc}") from None
+        return names
 
     def person_vector(self, person_id: str, sync: bool = True) -> np.ndarray | None:
         """The person's mean vector, or None if they have no images for this model."""
         with self._lock:
             if sync:
                 self.sync()
-            int_id = self._int_of.get(person_id)
-            return None if int_id is None else self._index.reconstruct(int_id)
+            int_id = self._int_id(person_id)
+            return None if int_id is None or int_id not in self._index else self._index.reconstruct(int_id)
 
     def __len__(self) -> int:
         """People with a vector (at least one image for this model version)."""

@@ -54,6 +54,9 @@ class ServiceConfig:
     # delayed retry would wait for RQ's scheduler, whose lock a dead worker holds for up to 61 s.
     job_retry_intervals: tuple[int, ...] = (0, 30, 120)
     change_stream_maxlen: int = 100_000
+    # A host's gallery snapshot (`python -m service.snapshot`), mapped by every process instead of
+    # each reading all people from Redis; empty: off (right below ~100k people, where exact is cheap).
+    gallery_snapshot_dir: str = ""
     redis_socket_timeout: float = 5.0
     rate_limit: str = "600/minute;60/second"  # per API key (else per address), all routes; "off"
     max_inflight: int = 2  # model requests (identify, verify, add a photo) at once per process; more get 429

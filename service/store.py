@@ -509,6 +509,13 @@ class GalleryStore:
                 out[pid] = None if name is None else (name.decode(), self._decode_embeddings(raw))
         return out
 
+    def names(self, person_ids: Sequence[str]) -> list[str | None]:
+        """Each person's name (None for people that no longer exist), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for pid in person_ids:
+                pipe.hget(self.person_key(pid), "name")
+            return [None if raw is None else raw.decode() for raw in pipe.execute()]
+
     def all_person_ids(self) -> list[str]:
         return [r.decode() for r in self.redis.zrange(self.people_key, 0, -1)]
 

@@ -16,6 +16,12 @@ from service.rqworker import EnrollWorker
 PREFIX = "fr"
 
 
+def unit_vector(seed: int, dim: int) -> np.ndarray:
+    """A seeded random unit vector (float32): a stand-in embedding for gallery tests."""
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
 def encode(arr: np.ndarray, fmt: str = "JPEG", **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt, **kwargs)

@@ -14,13 +14,14 @@ from service.config import ServiceConfig, load_config
 from service.errors import ConfigError, ModelVersionError, PersonNotFoundError
 from service.store import GalleryStore
 
+from service_support import unit_vector
+
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 8
 
 
 def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
+    return unit_vector(seed, DIM)
 
 
 @pytest.fixture

@@ -177,10 +177,9 @@ def test_resume_is_exact(synthetic_celeba, tmp_path):
         assert torch.allclose(wa[name].float(), wb[name].float(), atol=1e-6), name
 
 
-def test_extra_sources_train_only_with_labels_of_their_own(synthetic_celeba, tmp_path):
-    """An extra source adds training identities (never the split's), each under its own label,
-    and drops identities with fewer than ``extra_min_images`` images."""
-    extra = tmp_path / "extra"  # the CelebA layout `trainer prepare` writes
+def _extra_source(tmp_path: Path) -> Path:
+    """The CelebA layout `trainer prepare` writes: people 201-203 with 3, 2 and 1 images."""
+    extra = tmp_path / "extra"
     (extra / "img_align_celeba").mkdir(parents=True)
     rows = []
     for person, count in ((201, 3), (202, 2), (203, 1)):
@@ -188,6 +187,13 @@ def test_extra_sources_train_only_with_labels_of_their_own(synthetic_celeba, tmp
             synthetic_face(person, n).save(extra / "img_align_celeba" / f"{person}_{n}.jpg")
             rows.append(f"{person}_{n}.jpg {person}\n")
     (extra / "identity_CelebA.txt").write_text("".join(rows))
+    return extra
+
+
+def test_extra_sources_train_only_with_labels_of_their_own(synthetic_celeba, tmp_path):
+    """An extra source adds training identities (never the split's), each under its own label,
+    and drops identities with fewer than ``extra_min_images`` images."""
+    extra = _extra_source(tmp_path)
     config = get_config("tiny", epochs=1)
     base = Trainer(synthetic_celeba, config, tmp_path / "base", cache_dir=None)
     both = Trainer(synthetic_celeba, config, tmp_path / "both", cache_dir=None, extra_dirs=[extra])
@@ -315,6 +321,35 @@ def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, t
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert 0.0 < history[0]["distill_loss"] <= 2.0
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["distiller"]
+
+
+def test_single_image_people_are_taught_by_the_teacher_alone(synthetic_celeba, tmp_path):
+    """distill_singletons keeps an extra source's one-image person as a teacher-only row: in the
+    batches, with a teacher vector, but with no CosFace class."""
+    from recognizer.preprocess import AlignmentRecipe
+    from trainer import teacher as teacher_mod
+
+    extra = _extra_source(tmp_path)
+    dataset = discover(extra)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(dataset.paths), 128)).astype(np.float32)
+    key = teacher_mod.cache_key(dataset, AlignmentRecipe().crop_box)
+    teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, np.ones(len(vectors), bool))
+    config = get_config("tiny", epochs=1, distill="relation", distill_weight=10.0, distill_singletons=True)
+    with pytest.raises(ValueError, match="distill_singletons"):
+        Trainer(synthetic_celeba, get_config("tiny", distill_singletons=True), tmp_path / "bad", cache_dir=None)
+    base = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "base", cache_dir=None)
+    trainer = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None, extra_dirs=[extra],
+                      teacher_cache=tmp_path)
+    assert len(trainer.splits.train) == len(base.splits.train) + 6  # all six extra images
+    assert len(trainer.class_index) == len(base.class_index) + 2  # 203 has no class
+    only = trainer.train_targets == -1
+    assert only.sum() == 1 and trainer.paths[trainer.splits.train[only][0]].name == "203_0.jpg"
+    assert trainer.teacher_have[trainer.splits.train[only]].all()
+    assert trainer.extra_summary[0]["teacher_only_images"] == 1
+    trainer.fit()
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(history[0]["loss"]) and history[0]["distill_loss"] > 0
 
 
 def test_dlib_teacher_fills_its_cache_in_shards(tmp_path):

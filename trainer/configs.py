@@ -33,7 +33,10 @@ class TrainConfig:
     # Probability of erasing one random rectangle of a training image. Off: at 0.5 with the cpu
     # config's 16 epochs, held-out top-1 fell from 0.840 to 0.797 (it learns slower; see BENCHMARKS).
     random_erase: float = 0.0
-    extra_min_images: int = 2  # extra sources: identities with fewer images are left out
+    extra_min_images: int = 2  # extra sources: identities with fewer images get no CosFace class
+    # With a teacher, keep those identities' images anyway as teacher-only rows (distillation term
+    # only): half_res is mostly one image a person. Off: they are left out, as without a teacher.
+    distill_singletons: bool = False
     # Distillation from dlib's network (trainer/teacher.py fills its cache first): "none" |
     # "relation" (pairwise cosine matrices) | "projection" (learned 512->128, cosine). Not yet
     # measured at full scale: off in the shipped configs.

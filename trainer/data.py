@@ -167,17 +167,21 @@ def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.Pa
 
 
 def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, extra_dirs: list[Path],
-                      recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None,
-                      min_images: int) -> tuple[np.ndarray, np.ndarray, Splits, list[dict], list[Path]]:
+                      recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None, min_images: int,
+                      keep_below_min: bool = False) -> tuple[np.ndarray, np.ndarray, Splits, list[dict], list[Path],
+                                                             np.ndarray]:
     """Append training-only sources after the main one. Every extra identity gets a label of its
     own, distinct from every other source's (the same CelebA id in two sources stays two labels:
     the sources are declared disjoint, and a merge would only hide a mistake). Identities with
-    fewer than ``min_images`` images are left out (CosFace cannot learn a class from one image).
+    fewer than ``min_images`` images are left out (CosFace cannot learn a class from one image),
+    unless ``keep_below_min``: then they are kept under labels of their own and flagged in the
+    returned ``teacher_only`` mask (all rows), for a distillation term without a CosFace class.
     The split (held-out identities and images) stays that of the main source. Also returns the
     appended images' paths, in order (what teacher vectors are looked up by)."""
     summary = []
     next_label = int(labels.max()) + 1 if len(labels) else 0
     parts_crops, parts_labels, train, paths = [crops], [labels], [splits.train], []
+    parts_teacher_only = [np.zeros(len(labels), bool)]
     offset = len(labels)
     for directory in extra_dirs:
         dataset = discover(directory)
@@ -185,8 +189,10 @@ def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, ext
         extra_labels = dataset.labels[ok]
         extra_crops = extra_crops[ok]
         classes, counts = np.unique(extra_labels, return_counts=True)
-        keep = np.isin(extra_labels, classes[counts >= min_images])
+        few = ~np.isin(extra_labels, classes[counts >= min_images])
+        keep = np.ones(len(extra_labels), bool) if keep_below_min else ~few
         extra_crops, extra_labels = extra_crops[keep], extra_labels[keep]
+        parts_teacher_only.append(few[keep])
         paths += [dataset.paths[i] for i in np.flatnonzero(ok)[keep]]
         _, extra_labels = np.unique(extra_labels, return_inverse=True)
         parts_crops.append(extra_crops)
@@ -194,10 +200,12 @@ def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, ext
         train.append(np.arange(offset, offset + len(extra_labels)))
         summary.append({"data": str(directory), "images": int(len(extra_labels)),
                         "identities": int(len(np.unique(extra_labels))), "no_face": int((~ok).sum()),
-                        f"dropped_under_{min_images}_images": int((~keep).sum())})
+                        f"dropped_under_{min_images}_images": int((~keep).sum()),
+                        **({"teacher_only_images": int(few.sum())} if keep_below_min else {})})
         next_label += int(extra_labels.max()) + 1 if len(extra_labels) else 0
         offset += len(extra_labels)
     if not extra_dirs:
-        return crops, labels, splits, summary, paths
+        return crops, labels, splits, summary, paths, parts_teacher_only[0]
     return (np.concatenate(parts_crops), np.concatenate(parts_labels),
-            Splits(np.concatenate(train), splits.closed_val, splits.open_set), summary, paths)
+            Splits(np.concatenate(train), splits.closed_val, splits.open_set), summary, paths,
+            np.concatenate(parts_teacher_only))

@@ -183,13 +183,18 @@ class Trainer:
         self.splits = (Splits.from_dict(checkpoint["splits"]) if checkpoint else
                        make_splits(labels, config.open_identities, config.val_per_identity, config.seed))
         self.main_splits = self.splits  # what a resume rebuilds from; extra sources are appended anew
-        self.crops, labels, self.splits, self.extra_summary, extra_paths = add_extra_sources(
-            self.crops, labels, self.splits, self.extra_dirs, self.recipe, cache_dir, config.extra_min_images)
+        if config.distill_singletons and config.distill == "none":
+            raise ValueError("distill_singletons needs a distillation term (--set distill=...)")
+        self.crops, labels, self.splits, self.extra_summary, extra_paths, teacher_only = add_extra_sources(
+            self.crops, labels, self.splits, self.extra_dirs, self.recipe, cache_dir, config.extra_min_images,
+            keep_below_min=config.distill_singletons)
         self.paths = [p for p, k in zip(dataset.paths, ok) if k] + extra_paths
         self.labels = labels
-        train_classes = np.unique(labels[self.splits.train])
+        # Teacher-only rows (distill_singletons) have no CosFace class: target -1.
+        train_classes = np.unique(labels[self.splits.train][~teacher_only[self.splits.train]])
         self.class_index = {int(c): i for i, c in enumerate(train_classes)}
-        self.train_targets = np.array([self.class_index[int(c)] for c in labels[self.splits.train]], dtype=np.int64)
+        self.train_targets = np.array([-1 if t else self.class_index[int(c)] for c, t in
+                                       zip(labels[self.splits.train], teacher_only[self.splits.train])], dtype=np.int64)
         torch.manual_seed(config.seed)
         self.model = build_backbone(config.dropout).to(self.device)
         self.head = CosFaceHead(512, len(train_classes), config.scale, config.margin).to(self.device)
@@ -243,7 +248,7 @@ class Trainer:
         self.head.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
-        total_loss, total_distill, correct, seen = 0.0, 0.0, 0, 0
+        total_loss, total_distill, correct, seen, classed = 0.0, 0.0, 0, 0, 0
         start = time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
                    mininterval=10)
@@ -263,7 +268,10 @@ class Trainer:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, device):
                 embeddings = self.model(batch)
-            loss, cosines = self.head(embeddings.float(), targets)
+            has_class = targets >= 0  # teacher-only rows (-1) get the distillation term alone
+            targets = targets[has_class]
+            loss, cosines = (self.head(embeddings.float()[has_class], targets) if len(targets)
+                             else (embeddings.sum() * 0.0, embeddings.new_zeros((0, 1))))
             if self.distiller is not None:
                 rows = self.splits.train[sel]
                 distill = self.distiller(embeddings.float(), torch.from_numpy(self.teacher[rows]).to(device),
@@ -276,11 +284,12 @@ class Trainer:
             self.scheduler.step()
             total_loss += loss.item() * len(sel)
             correct += int((cosines.argmax(1) == targets).sum())
+            classed += len(targets)
             seen += len(sel)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / max(classed, 1):.3f}",
                             lr=f"{self.scheduler.get_last_lr()[0]:.4f}", refresh=False)
         elapsed = time.time() - start
-        return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+        return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(classed, 1),
                 **({"distill_loss": total_distill / max(seen, 1)} if self.distiller is not None else {}),
                 "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
                 "lr": self.scheduler.get_last_lr()[0], "margin": self.head.margin}

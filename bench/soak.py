@@ -2,7 +2,12 @@
 mixing identify and enroll for a fixed time; counts every answer by class and reports the server
 processes' memory at start and end, and whether every enrollment job ended.
 
-    .venv/bin/python -m bench.soak --seconds 600 --clients 4     # loopback only; stops by itself
+Unpaced clients send the next request as soon as an answer comes, 429s included: that measures
+the limits. ``--paced`` clients behave as the API asks: after a 429 they wait its Retry-After,
+and each keeps at most one enrollment job in flight (while it is queued or running, the client
+identifies instead), as a bulk importer that follows its jobs would; the queue should drain.
+
+    .venv/bin/python -m bench.soak --seconds 600 --clients 4 [--paced]   # loopback only; stops by itself
 """
 from __future__ import annotations
 
@@ -34,16 +39,28 @@ def rss_mb(root_pid: int) -> dict[int, float]:
     return out
 
 
+def job_pending(s: requests.Session, base: str, job: str | None) -> bool:
+    """True while ``job`` is queued or running (or its status could not be read: ask later)."""
+    if job is None:
+        return False
+    r = s.get(f"{base}/v1/jobs/{job}", headers={"X-API-Key": READ}, timeout=60)
+    return r.status_code != 200 or r.json().get("status") in ("queued", "started", "deferred", "scheduled")
+
+
 def client(base: str, photos: list[bytes], seconds: float, seed: int, counts: Counter, jobs: list[str],
-           lock: threading.Lock) -> None:
+           lock: threading.Lock, paced: bool = False) -> None:
     rng = random.Random(seed)
     end = time.monotonic() + seconds
+    my_job: str | None = None
     with requests.Session() as s:
         n = 0
         while time.monotonic() < end:
             n += 1
             try:
-                if rng.random() < 0.8:
+                enroll = rng.random() >= 0.8
+                if enroll and paced and job_pending(s, base, my_job):
+                    enroll = False  # one job of ours in flight at a time
+                if not enroll:
                     r = s.post(f"{base}/v1/identify", files={"image": rng.choice(photos)},
                                headers={"X-API-Key": READ}, timeout=60)
                     kind = "identify"
@@ -53,10 +70,13 @@ def client(base: str, photos: list[bytes], seconds: float, seed: int, counts: Co
                                headers={"X-API-Key": ADMIN}, timeout=60)
                     kind = "enroll"
                     if r.status_code == 202:
+                        my_job = r.json()["job_id"]
                         with lock:
-                            jobs.append(r.json()["job_id"])
+                            jobs.append(my_job)
                 with lock:
                     counts[f"{kind} {r.status_code // 100}xx" if r.status_code != 429 else f"{kind} 429"] += 1
+                if paced and r.status_code == 429:
+                    time.sleep(min(float(r.headers.get("Retry-After", 1)), max(0.0, end - time.monotonic())))
             except requests.RequestException as exc:
                 with lock:
                     counts[f"error {type(exc).__name__}"] += 1
@@ -68,6 +88,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--celeba", default="../shared/data/celeba1k")
     parser.add_argument("--photos", type=int, default=60)
+    parser.add_argument("--paced", action="store_true", help="clients honour Retry-After, one enroll job each in flight")
     parser.add_argument("--quick", action="store_true", help="30 s instead of --seconds (a smoke run)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/soak.json)")
     args = parser.parse_args()
@@ -87,7 +108,7 @@ def main() -> None:
         counts: Counter = Counter()
         jobs: list[str] = []
         lock = threading.Lock()
-        threads = [threading.Thread(target=client, args=(base, photos, args.seconds, i, counts, jobs, lock))
+        threads = [threading.Thread(target=client, args=(base, photos, args.seconds, i, counts, jobs, lock, args.paced))
                    for i in range(args.clients)]
         for t in threads:
             t.start()
@@ -116,8 +137,9 @@ def main() -> None:
     mem = common.markdown_table(("process", "RSS start (MB)", "RSS end (MB)"),
                                 [(str(pid), f"{before.get(pid, float('nan')):.0f}", f"{after.get(pid, float('nan')):.0f}")
                                  for pid in sorted(set(before) | set(after))])
-    print(f"soak: {args.clients} clients, {args.seconds:.0f} s, 80% identify / 20% enroll of 2 photos\n{table}\n\n{mem}")
-    common.write_json("soak", args, {"counts": dict(counts), "jobs": dict(statuses),
+    print(f"soak: {args.clients} {'paced' if args.paced else 'unpaced'} clients, {args.seconds:.0f} s, "
+          f"80% identify / 20% enroll of 2 photos\n{table}\n\n{mem}")
+    common.write_json("soak-paced" if args.paced else "soak", args, {"paced": args.paced,"counts": dict(counts), "jobs": dict(statuses),
                                "rss_start_mb": before, "rss_end_mb": after, "seconds": time.time() - started})
 
 

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from recognizer.artifact import default_model_path
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_MODEL = ROOT / "runs" / "cpu" / "model.pt"
+# The model a benchmark measures unless --model names another: MODEL_PATH, else the shipped one.
+DEFAULT_MODEL = default_model_path()
 
 
 # ---- command line --------------------------------------------------------------------------------

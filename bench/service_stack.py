@@ -154,20 +154,21 @@ class Stack:
         return env
 
     def start_gunicorn(self, web_concurrency: int, torch_threads: int, timeout: float = 300.0,
-                       **extra: str) -> str:
+                       name: str = "gunicorn", **extra: str) -> str:
         """gunicorn -c gunicorn.conf.py on a free port (``extra`` settings); returns the base URL
-        once every worker process has answered /health (each loads the model after the fork)."""
+        once every worker process has answered /health (each loads the model after the fork).
+        Give a second server of the same stack another ``name`` (its log and :meth:`stop`)."""
         port = free_port()
         env = self.service_env(torch_threads, WEB_CONCURRENCY=str(web_concurrency),
                                GUNICORN_BIND=f"127.0.0.1:{port}", **extra)
-        proc = self._spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
+        proc = self._spawn(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
         base = f"http://127.0.0.1:{port}"
         pids: set[int] = set()
         deadline = time.monotonic() + timeout
         while len(pids) < web_concurrency:  # a new connection each time: keep-alive would stick to one worker
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn not ready ({len(pids)}/{web_concurrency} workers):\n"
-                                   f"{self.log_tail('gunicorn')}")
+                                   f"{self.log_tail(name)}")
             try:
                 key = {"X-API-Key": extra["READ_API_KEYS"].split(",")[0]} if extra.get("READ_API_KEYS") else {}
                 r = requests.get(f"{base}/health", timeout=5, headers={"Connection": "close", **key})

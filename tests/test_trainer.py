@@ -371,3 +371,18 @@ def test_dlib_teacher_fills_its_cache_in_shards(tmp_path):
     vectors, have = teacher_mod.load(discover(root), tmp_path)
     assert have.all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert teacher_mod.fill(root, tmp_path, (0, 2))["embedded"] == 0  # resumed: nothing left to do
+
+
+def test_the_card_names_the_exact_fit_command_and_the_teacher():
+    from trainer.configs import get_config
+    from trainer.release import distill_note, fit_command
+
+    config = get_config("cpu", epochs=12, distill="projection", distill_weight=10.0, distill_singletons=True)
+    training = {"config": config.to_dict(), "epochs_done": 12,
+                "extra_sources": [{"data": "/x/test_crops", "images": 5, "identities": 2}]}
+    line = fit_command(training)
+    assert line.startswith("python -m trainer fit --data ../shared/data/celeba1k --extra <prepared test_crops> "
+                           "--config cpu --epochs 12 ")
+    assert "--set distill=projection" in line and "--set distill_weight=10.0" in line
+    assert "--set distill_singletons=True" in line and "--set lr" not in line  # only what differs
+    assert "512->128" in distill_note(config.to_dict()) and distill_note(get_config("cpu").to_dict()) == ""

@@ -243,6 +243,36 @@ def _pct(v: float) -> str:
     return f"{v:.3f}"
 
 
+def fit_command(training: dict) -> str:
+    """The ``trainer fit`` line that made this model: its config name plus a ``--set`` for every
+    field that differs from that config (epochs apart), so the card says exactly what was run."""
+    from .configs import CONFIGS
+
+    config = training.get("config", {})
+    base = CONFIGS.get(config.get("name", ""))
+    sets = []
+    if base is not None:
+        for key, value in config.items():
+            default = getattr(base, key, None)
+            if key not in ("name", "epochs") and (list(default) if isinstance(default, tuple) else default) != value:
+                sets.append(f"--set {key}={value}")
+    extras = "".join(f" --extra <prepared {Path(e['data']).name}>" for e in training.get("extra_sources", []))
+    return (f"python -m trainer fit --data ../shared/data/celeba1k{extras} --config {config.get('name', '?')} "
+            f"--epochs {training.get('epochs_done', '?')}{''.join(' ' + x for x in sets)} --out runs/NAME")
+
+
+def distill_note(config: dict) -> str:
+    """What the loss row adds when the model was taught by dlib's network."""
+    kind = config.get("distill", "none")
+    if kind in (None, "none"):
+        return ""
+    form = {"projection": "a learned 512->128 projection pulled to its direction (1 - cosine)",
+            "relation": "the batch's pairwise cosines matched to its own"}.get(kind, kind)
+    return (f"; in training only, plus a distillation term (weight {config.get('distill_weight')}) toward dlib's "
+            f"public-domain network `dlib_face_recognition_resnet_model_v1` (CC0): {form}. Its vectors were cached "
+            f"once per training image by `python -m trainer teacher`; dlib is not used at run time")
+
+
 def render_card(report: dict) -> str:
     """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
     training = report.get("training", {})
@@ -264,7 +294,11 @@ def render_card(report: dict) -> str:
         "train_images": str(training.get("train_images", "?")),
         "train_identities": str(training.get("train_identities", "?")),
         "extra_sources": "; ".join(f"`{Path(e['data']).name}`: {e['images']} images of {e['identities']} identities"
+                                   + (f" ({e['teacher_only_images']} of the images, of people with a single one, "
+                                      "taught by the teacher alone)" if e.get("teacher_only_images") else "")
                                    for e in extra) or "none",
+        "fit_command": fit_command(training),
+        "distill": distill_note(config),
         "cpu": training.get("machine", {}).get("cpu") or report.get("cpu", "not recorded"),
         "ir_005": _pct(ir["tpr@fpr=0.05"]), "ir_001": _pct(ir["tpr@fpr=0.01"]), "ir_0001": _pct(ir["tpr@fpr=0.001"]),
         "ir_auc": _pct(ir["roc_auc"]),

@@ -385,4 +385,7 @@ def test_the_card_names_the_exact_fit_command_and_the_teacher():
                            "--config cpu --epochs 12 ")
     assert "--set distill=projection" in line and "--set distill_weight=10.0" in line
     assert "--set distill_singletons=True" in line and "--set lr" not in line  # only what differs
+    assert "input_size" not in line and "input_size" not in fit_command(json.loads(json.dumps(training)))
+    odd = {**training, "config": {**training["config"], "input_size": [112, 96]}}
+    assert "--set input_size=112,96" in fit_command(odd)  # the form --set parses
     assert "512->128" in distill_note(config.to_dict()) and distill_note(get_config("cpu").to_dict()) == ""

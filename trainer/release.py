@@ -243,6 +243,11 @@ def _pct(v: float) -> str:
     return f"{v:.3f}"
 
 
+def _plain(value: object) -> object:
+    """Tuples and lists compare alike (a config read back from JSON has lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def fit_command(training: dict) -> str:
     """The ``trainer fit`` line that made this model: its config name plus a ``--set`` for every
     field that differs from that config (epochs apart), so the card says exactly what was run."""
@@ -254,8 +259,9 @@ def fit_command(training: dict) -> str:
     if base is not None:
         for key, value in config.items():
             default = getattr(base, key, None)
-            if key not in ("name", "epochs") and (list(default) if isinstance(default, tuple) else default) != value:
-                sets.append(f"--set {key}={value}")
+            if key not in ("name", "epochs") and _plain(default) != _plain(value):
+                shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+                sets.append(f"--set {key}={shown}")
     extras = "".join(f" --extra <prepared {Path(e['data']).name}>" for e in training.get("extra_sources", []))
     return (f"python -m trainer fit --data ../shared/data/celeba1k{extras} --config {config.get('name', '?')} "
             f"--epochs {training.get('epochs_done', '?')}{''.join(' ' + x for x in sets)} --out runs/NAME")

@@ -29,7 +29,7 @@ from .console import console
 from .context import EXTENSION, Service
 from .errors import ServiceUnavailableError
 from .jobs import JOB_SERIALIZER
-from .limits import install_inflight_cap, install_limiter
+from .limits import install_inflight_cap, install_limiter, install_retry_after_floor
 from .metrics import Metrics
 from .models import ModelSet, build_models
 from .store import GalleryStore
@@ -92,6 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     if cfg.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)  # type: ignore[method-assign]
+    install_retry_after_floor(app)  # before the limiter: it must run after the limiter's headers
     install_limiter(app, cfg)
     install_inflight_cap(app, cfg)
     register_routes(app)

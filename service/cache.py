@@ -27,9 +27,7 @@ import numpy as np
 import redis
 
 from index import Match, SnapshotIndex, VectorIndex, cosine_to_angle_deg, mean_embedding
-from recognizer.errors import InvalidRequestError
-
-from recognizer.errors import GalleryError
+from recognizer.errors import GalleryError, InvalidRequestError
 
 from .errors import ServiceUnavailableError
 from .snapshot import GallerySnapshot, open_current
@@ -104,13 +102,7 @@ class GalleryCache:
             return
         marker, last_id = self.store.snapshot_marker()  # before reading: racing writes get replayed
         people = self.store.load_people(self.store.all_person_ids())
-        self._index = VectorIndex(self.store.dim)
-        self._snapshot = None
-        self._int_of.clear()
-        self._pid_of.clear()
-        self._names.clear()
-        self._next_int = 0
-        self.source = "redis"
+        self._reset(VectorIndex(self.store.dim), None)
         for pid, entry in people.items():
             if entry is not None:
                 self._put(pid, *entry)
@@ -146,17 +138,22 @@ class GalleryCache:
         if expected - 1 < current.gen:
             log.warning("gallery snapshot %s: the stream stops before gen %d: reading Redis", snap.path, current.gen)
             return False
-        self._snapshot, self._index, self.source = snap, snap.index, "snapshot"
-        self._int_of.clear()
-        self._pid_of.clear()
-        self._names.clear()
-        self._next_int = len(snap)
+        self._reset(snap.index, snap)
         self._apply(c.person_id for c in changes)
         self._marker, self._last_id = Marker(current.epoch, expected - 1), last_id
         self.rebuilds += 1
         log.info("gallery snapshot %s mapped: %d people, %d changes replayed (gen %d)",
                  snap.path, len(self._index), len(changes), self._marker.gen)
         return True
+
+    def _reset(self, index: VectorIndex | SnapshotIndex, snap: GallerySnapshot | None) -> None:
+        """Start over on ``index``: empty, or a snapshot whose rows are ids 0..n-1."""
+        self._index, self._snapshot = index, snap
+        self.source = "redis" if snap is None else "snapshot"
+        self._int_of.clear()
+        self._pid_of.clear()
+        self._names.clear()
+        self._next_int = 0 if snap is None else len(snap)
 
     def _int_id(self, pid: str) -> int | None:
         """The index id of ``pid``: assigned since the snapshot, else its snapshot row."""

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -113,6 +113,7 @@ class EnrollmentPolicy:
 def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, data: bytes,
                   policy: EnrollmentPolicy, *, filename: str | None = None, job_id: str | None = None,
                   job_item: int | None = None, pending: set[tuple[str, str]] | None = None,
+                  known: Mapping[tuple[str, str], dict[str, Any] | None] | None = None,
                   ) -> tuple[dict[str, Any], EnrollmentResult | None]:
     """First half of enrolling one photo: the duplicate check and the policy. Returns the
     result dict so far and, for an accepted face, the outcome holding its aligned crop (to be
@@ -120,7 +121,8 @@ def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, d
     ``pending`` holds the (person, image hash) pairs accepted but not stored yet; a photo
     already there is a duplicate too, and an accepted one is added. A photo that item
     ``job_item`` of job ``job_id`` itself stored (an attempt killed before recording it) is
-    reported ``enrolled``."""
+    reported ``enrolled``. ``known`` holds what a caller already read of
+    :meth:`GalleryStore.image_info` for some (person, hash) pairs (a job reads its chunk's at once)."""
     digest = image_hash(data)
     result: dict[str, Any] = {"person_id": person_id, "image_hash": digest}
     if filename:
@@ -128,7 +130,7 @@ def inspect_image(recognizer: Recognizer, store: GalleryStore, person_id: str, d
     key = (person_id, digest)
     if pending is not None and key in pending:
         return {**result, "status": "duplicate"}, None
-    stored = store.image_info(person_id, digest)
+    stored = known[key] if known is not None and key in known else store.image_info(person_id, digest)
     if stored is not None:  # cheap: skip the model for a re-upload
         own = job_id is not None and (stored.get("job_id"), stored.get("job_item")) == (job_id, job_item)
         return {**result, "status": "enrolled" if own else "duplicate"}, None
@@ -204,16 +206,17 @@ DEFAULT_EMBED_BATCH = 16  # faces per forward pass in a job (ENROLL_EMBED_BATCH)
 
 
 def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, Any], policy: EnrollmentPolicy,
-                  job_id: str, index: int, pending: set[tuple[str, str]]) -> tuple[dict[str, Any], EnrollmentResult | None]:
-    """One job item up to its embedding; every failure but Redis's becomes that image's result."""
-    info = store.job_item(job_id, index)
+                  job_id: str, index: int, info: dict[str, Any] | None, data: bytes | None,
+                  pending: set[tuple[str, str]], known: Mapping[tuple[str, str], dict[str, Any] | None],
+                  ) -> tuple[dict[str, Any], EnrollmentResult | None]:
+    """One job item up to its embedding, from its ``info`` and uploaded ``data`` as read with
+    the chunk; every failure but Redis's becomes that image's result."""
     if info is None and "person_id" in item:  # a job enqueued before items lived apart from it
         info = {"person_id": item["person_id"], **({"filename": item["filename"]} if item.get("filename") else {})}
     if info is not None and "person_id" not in info:  # a tombstone: the person was deleted
         return {"status": info.get("status", "person_deleted"), "message": "the person was deleted"}, None
     if info is not None and info.get("status") == "image_deleted":
         return {"person_id": info["person_id"], "status": "image_deleted", "message": "the photo was deleted"}, None
-    data = store.get_upload(item["upload"])
     if data is None or info is None:
         result = {"status": "expired", "message": "the uploaded image expired before a worker processed it"}
         for name in ("person_id", "filename"):
@@ -223,7 +226,7 @@ def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, A
     person_id = info["person_id"]
     try:
         return inspect_image(recognizer, store, person_id, data, policy, filename=info.get("filename"),
-                             job_id=job_id, job_item=index, pending=pending)
+                             job_id=job_id, job_item=index, pending=pending, known=known)
     except FaceServiceError as exc:
         return {"person_id": person_id, "status": "error", "message": exc.message}, None
     except redis.RedisError:
@@ -231,6 +234,17 @@ def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, A
     except Exception as exc:  # noqa: BLE001 - one bad image must not sink the batch
         log.exception("job %s: image %d failed", job_id, index)
         return {"person_id": person_id, "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None
+
+
+def _read_chunk(store: GalleryStore, job_id: str, items: Sequence[dict[str, Any]], chunk: Sequence[int],
+                ) -> tuple[list[tuple[dict[str, Any] | None, bytes | None]], dict[tuple[str, str], dict[str, Any] | None]]:
+    """A chunk's items, uploads and stored-photo records in two round trips instead of three
+    per image: ``[(info, data)]`` and ``{(person, hash): image_info}`` for the duplicate check."""
+    fetched = store.job_chunk(job_id, chunk, [items[i]["upload"] for i in chunk])
+    pairs = sorted({(info["person_id"], image_hash(data)) for info, data in fetched
+                    if info is not None and data is not None and isinstance(info.get("person_id"), str)
+                    and info.get("status") != "image_deleted"})
+    return fetched, dict(zip(pairs, store.images_info(pairs)))
 
 
 def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +281,9 @@ def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
     for start in range(0, len(todo), batch):
         chunk = todo[start:start + batch]
         pending: set[tuple[str, str]] = set()  # the same photo twice in a chunk is stored once
-        checked = [_inspect_item(recognizer, store, items[i], policy, job.id, i, pending) for i in chunk]
+        fetched, known = _read_chunk(store, job.id, items, chunk)
+        checked = [_inspect_item(recognizer, store, items[i], policy, job.id, i, info, data, pending, known)
+                   for i, (info, data) in zip(chunk, fetched)]
         outcomes = [outcome for _, outcome in checked if outcome is not None]
         try:
             vectors = iter(embed_outcomes(models, outcomes))  # one forward pass per model for the chunk
@@ -276,13 +292,15 @@ def enroll_job(spec: dict[str, Any]) -> dict[str, Any]:
             vectors = iter(())
             checked = [(r if o is None else {**r, "status": "error", "message": f"{type(exc).__name__}: {exc}"}, None)
                        for r, o in checked]
+        rows = []
         for index, (result, outcome) in zip(chunk, checked):
             if outcome is not None:
                 result = store_image(store, result["person_id"], result, outcome, job_id=job.id, job_item=index,
                                      embeddings=next(vectors), keep_face_crop=policy.keep_face_crops)
-            result["index"] = index
-            done[index] = store.append_job_result(job.id, result, ttl)
-            store.drop_upload(items[index]["upload"])
+            rows.append({**result, "index": index})
+        # Rows are written only after every photo of the chunk is stored, uploads dropped after both.
+        written = store.append_job_results(job.id, rows, ttl, drop_uploads=[items[i]["upload"] for i in chunk])
+        done.update(zip(chunk, written))
         job.meta["progress"] = {"done": len(done), "total": total}
         job.save_meta()
     store.drop_job_items(job.id)

@@ -419,13 +419,7 @@ class GalleryStore:
     def image_info(self, person_id: str, image_hash: str) -> dict[str, Any] | None:
         """What was recorded when this photo was stored (``job_id`` ...), None if it is not."""
         raw = self.redis.hget(self.info_key(person_id), image_hash)
-        if raw is None:
-            return None
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            return {}
-        return info if isinstance(info, dict) else {}
+        return None if raw is None else _json_dict(raw)
 
     def add_image(self, person_id: str, image_hash: str, embedding: np.ndarray | Mapping[str, np.ndarray],
                   info: Mapping[str, Any], crop: bytes | None = None) -> tuple[str, dict[str, Any]]:
@@ -564,8 +558,27 @@ class GalleryStore:
     def job_item(self, job_id: str, index: int) -> dict[str, Any] | None:
         """Item ``index`` of a job ({person_id, image_hash, filename}, or a tombstone
         {status} once its person or photo was deleted); None once the items expired."""
-        raw = self.redis.hget(self.job_items_key(job_id), str(index))
-        return None if raw is None else json.loads(raw)
+        return self.job_chunk(job_id, [index], [])[0][0]
+
+    def job_chunk(self, job_id: str, indices: Sequence[int], uploads: Sequence[str],
+                  ) -> list[tuple[dict[str, Any] | None, bytes | None]]:
+        """Items ``indices`` of a job with the uploaded bytes under ``uploads`` (same order;
+        None for whatever expired), in one round trip: a worker reads a whole chunk at once."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.job_items_key(job_id), [str(i) for i in indices])
+        if uploads:
+            pipe.mget(list(uploads))
+        replies = pipe.execute()
+        items = [None if raw is None else json.loads(raw) for raw in replies[0]]
+        datas = replies[1] if uploads else [None] * len(items)
+        return list(zip(items, datas))
+
+    def images_info(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """:meth:`image_info` for many (person id, image hash) pairs, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for person_id, image_hash in keys:
+            pipe.hget(self.info_key(person_id), image_hash)
+        return [None if raw is None else _json_dict(raw) for raw in (pipe.execute() if keys else [])]
 
     def drop_job_items(self, job_id: str) -> None:
         self.redis.delete(self.job_items_key(job_id))
@@ -580,7 +593,22 @@ class GalleryStore:
         """Record one result row of a job and return the row written: a row naming a person
         (or a stored photo) deleted since the job looked at it is written redacted, in the
         same script, so a delete can never be followed by a row naming what it erased."""
-        row = dict(result)
+        return self.append_job_results(job_id, [result], ttl)[0]
+
+    def append_job_results(self, job_id: str, results: Sequence[Mapping[str, Any]], ttl: int,
+                           drop_uploads: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """:meth:`append_job_result` for a chunk's rows, in order, then delete the chunk's
+        ``drop_uploads``: one round trip (each row is still its own atomic script)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for result in results:
+            keys, args = self._result_script_args(job_id, dict(result), ttl)
+            self._append_result(keys=keys, args=args, client=pipe)
+        if drop_uploads:
+            pipe.delete(*drop_uploads)
+        replies = pipe.execute()
+        return [json.loads(raw) for raw in replies[:len(results)]]
+
+    def _result_script_args(self, job_id: str, row: dict[str, Any], ttl: int) -> tuple[list[str], list[Any]]:
         pid = row.get("person_id")
         keys = [self.job_results_key(job_id), "", "", ""]
         args: list[Any] = [json.dumps(row), int(ttl), job_id, "", "", ""]
@@ -592,7 +620,7 @@ class GalleryStore:
                 args[4] = json.dumps({"index": row.get("index"), "person_id": pid, "status": "image_deleted",
                                       "message": "the photo was deleted"})
                 args[5] = row["image_hash"]
-        return json.loads(self._append_result(keys=keys, args=args))
+        return keys, args
 
     def job_results(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(r) for r in self.redis.lrange(self.job_results_key(job_id), 0, -1)]
@@ -651,3 +679,12 @@ def check_image_hash(image_hash: Any) -> str:
     if not isinstance(image_hash, str) or not IMAGE_HASH_RE.fullmatch(image_hash):
         raise InvalidRequestError("image hash must be 64 lowercase hex digits (sha256)", field="image_hash")
     return image_hash
+
+
+def _json_dict(raw: bytes) -> dict[str, Any]:
+    """A stored JSON object; {} for anything else (a record we cannot read is still a record)."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -186,14 +186,15 @@ def test_photo_deleted_before_the_job_records_it(client, redis_server, redis_db,
 
     pid = client.post("/v1/people", json={"name": "Eve"}).json["person_id"]
     job_id = multipart_enroll(client, pid, [(photos["pending"], "eve.jpg")])
-    real_append = GalleryStore.append_job_result
+    real_append = GalleryStore.append_job_results
 
-    def remove_then_append(self, job, result, ttl):
-        if result.get("status") == "enrolled":
-            assert client.delete(f"/v1/people/{pid}/images/{result['image_hash']}").status_code == 200
-        return real_append(self, job, result, ttl)
+    def remove_then_append(self, job, results, ttl, **kw):
+        for result in results:
+            if result.get("status") == "enrolled":
+                assert client.delete(f"/v1/people/{pid}/images/{result['image_hash']}").status_code == 200
+        return real_append(self, job, results, ttl, **kw)
 
-    monkeypatch.setattr(GalleryStore, "append_job_result", remove_then_append)
+    monkeypatch.setattr(GalleryStore, "append_job_results", remove_then_append)
     assert run_worker(redis_server.client())
     view = client.get(f"/v1/jobs/{job_id}").json
     assert [(r["status"], r.get("person_id")) for r in view["results"]] == [("image_deleted", pid)]

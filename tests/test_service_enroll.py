@@ -216,16 +216,16 @@ def test_a_retried_job_skips_what_it_already_did(service_app_factory, redis_serv
     client = service_app_factory(ENROLL_EMBED_BATCH=1).test_client()
 
     response = client.post("/v1/enroll", json={"name": "Flaky", "images": [b64(face_jpeg), b64(b"junk")]}).json
-    original = store_module.GalleryStore.get_upload
+    original = store_module.GalleryStore.job_chunk
     calls = {"n": 0}
 
-    def flaky(self, key):
+    def flaky(self, job_id, indices, uploads):
         calls["n"] += 1
         if calls["n"] == 2:
             raise redis_lib.ConnectionError("simulated outage")
-        return original(self, key)
+        return original(self, job_id, indices, uploads)
 
-    monkeypatch.setattr(store_module.GalleryStore, "get_upload", flaky)
+    monkeypatch.setattr(store_module.GalleryStore, "job_chunk", flaky)
     from rq.job import Job
 
     job = Job.fetch(response["job_id"], connection=redis_db, serializer=JOB_SERIALIZER)
@@ -281,3 +281,43 @@ def test_enroll_into_an_existing_person_answers_with_their_name(client, face_jpe
                           content_type="multipart/form-data")
     assert as_form.status_code == 202, as_form.json
     assert as_form.json["people"] == [{"person_id": pid, "name": "Ada Lovelace", "created": False, "images": 1}]
+
+
+def test_a_chunk_costs_a_few_round_trips_not_a_few_per_image(service_app_factory, redis_server, astronaut,
+                                                             monkeypatch):
+    """A worker reads a chunk's items, uploads and stored-photo records in two pipelines and
+    writes its rows and drops its uploads in a third; only each photo's own store (one atomic
+    script) is a round trip per image. Six per image before: 8% of a worker's time, profiled."""
+    import redis as redis_lib
+
+    from service import jobs
+
+    client = service_app_factory(ENROLL_EMBED_BATCH=8).test_client()
+    sends: list[int] = []
+    in_job = threading.local()
+    real_send = redis_lib.connection.AbstractConnection.send_packed_command
+    real_job = jobs.enroll_job
+
+    def counting_send(self, command, check_health=True):
+        if getattr(in_job, "on", False):  # the job's own thread only, not its heartbeat
+            sends[-1] += 1
+        return real_send(self, command, check_health)
+
+    def counted_job(spec):
+        sends.append(0)
+        in_job.on = True
+        try:
+            return real_job(spec)
+        finally:
+            in_job.on = False
+
+    monkeypatch.setattr(redis_lib.connection.AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(jobs, "enroll_job", counted_job)
+    faces = [encode(head_crop(astronaut), quality=q) for q in (95, 90, 85, 80, 75, 70, 65, 60)]  # 8 distinct files
+    for images in (faces[:2], faces[2:]):  # one chunk each: 2 photos, then 6
+        job_id = client.post("/v1/enroll", json={"name": "Rounds", "images": [b64(i) for i in images]}).json["job_id"]
+        assert run_worker(redis_server.client())
+        assert [r["status"] for r in client.get(f"/v1/jobs/{job_id}").json["results"]] == ["enrolled"] * len(images)
+    assert len(sends) == 2, sends
+    extra = sends[1] - sends[0]  # what 4 more photos in the chunk cost
+    assert extra <= 4 + 1, f"{extra} round trips for 4 more photos ({sends})"

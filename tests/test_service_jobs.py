@@ -36,16 +36,16 @@ def test_retry_after_its_own_write_reports_enrolled(service_app_factory, redis_s
     client = service_app_factory(ENROLL_EMBED_BATCH=1).test_client()
     job_id = client.post("/v1/enroll", json={"name": "Retried", "images": [b64(face_jpeg)]}).json["job_id"]
     retry_at_once(redis_db, job_id)
-    real_append = GalleryStore.append_job_result
+    real_append = GalleryStore.append_job_results
     calls = []
 
-    def outage_once(self, job, result, ttl):
-        calls.append(result["status"])
+    def outage_once(self, job, results, ttl, **kw):
+        calls.extend(r["status"] for r in results)
         if len(calls) == 1:
             raise redis_lib.ConnectionError("simulated outage after the face was stored")
-        return real_append(self, job, result, ttl)
+        return real_append(self, job, results, ttl, **kw)
 
-    monkeypatch.setattr(GalleryStore, "append_job_result", outage_once)
+    monkeypatch.setattr(GalleryStore, "append_job_results", outage_once)
     run_worker(redis_server.client())
     view = client.get(f"/v1/jobs/{job_id}").json
     assert calls == ["enrolled", "enrolled"], calls  # the first write happened; the retry saw it was its own
@@ -55,7 +55,7 @@ def test_retry_after_its_own_write_reports_enrolled(service_app_factory, redis_s
     person = client.get(f"/v1/people/{pid}").json
     assert person["image_count"] == 1 and person["images"][0]["job_id"] == job_id
 
-    monkeypatch.setattr(GalleryStore, "append_job_result", real_append)
+    monkeypatch.setattr(GalleryStore, "append_job_results", real_append)
     again = client.post("/v1/enroll", json={"person_id": pid, "images": [b64(face_jpeg)]}).json["job_id"]
     assert run_worker(redis_server.client())
     assert [r["status"] for r in client.get(f"/v1/jobs/{again}").json["results"]] == ["duplicate"]

@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                            "images": [{"name": pr.name, "kind": pr.kind, "bytes": len(pr.data)} for pr in probes]}
     with Stack(model, keep_logs=args.keep_logs) as stack:
         conn = stack.start_redis()
-        base = stack.start_gunicorn(args.web_concurrency, args.threads)
+        base = stack.start_gunicorn(args.web_concurrency, args.threads, RATE_LIMIT="off")  # load, not limits
         print(f"  server up in {time.perf_counter() - start:.0f} s", flush=True)
         res["enrollment"] = enroll(base, gallery)
         res["gallery_people"] = res["enrollment"].get("enrolled", 0)

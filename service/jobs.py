@@ -239,11 +239,12 @@ def _inspect_item(recognizer: Recognizer, store: GalleryStore, item: dict[str, A
 def _read_chunk(store: GalleryStore, job_id: str, items: Sequence[dict[str, Any]], chunk: Sequence[int],
                 ) -> tuple[list[tuple[dict[str, Any] | None, bytes | None]], dict[tuple[str, str], dict[str, Any] | None]]:
     """A chunk's items, uploads and stored-photo records in two round trips instead of three
-    per image: ``[(info, data)]`` and ``{(person, hash): image_info}`` for the duplicate check."""
+    per image: ``[(info, data)]`` and ``{(person, hash): image_info}`` for the duplicate check,
+    keyed by the hash the server recorded with each item (an item without one is looked up later)."""
     fetched = store.job_chunk(job_id, chunk, [items[i]["upload"] for i in chunk])
-    pairs = sorted({(info["person_id"], image_hash(data)) for info, data in fetched
-                    if info is not None and data is not None and isinstance(info.get("person_id"), str)
-                    and info.get("status") != "image_deleted"})
+    pairs = list({(info["person_id"], info["image_hash"]): None for info, data in fetched
+                  if data is not None and info is not None
+                  and isinstance(info.get("person_id"), str) and isinstance(info.get("image_hash"), str)})
     return fetched, dict(zip(pairs, store.images_info(pairs)))
 
 

@@ -555,15 +555,11 @@ class GalleryStore:
         self._put_uploads(keys=[self.job_items_key(job_id)], args=args)
         return [self.upload_key(job_id, n) for n in range(len(items))]
 
-    def job_item(self, job_id: str, index: int) -> dict[str, Any] | None:
-        """Item ``index`` of a job ({person_id, image_hash, filename}, or a tombstone
-        {status} once its person or photo was deleted); None once the items expired."""
-        return self.job_chunk(job_id, [index], [])[0][0]
-
     def job_chunk(self, job_id: str, indices: Sequence[int], uploads: Sequence[str],
                   ) -> list[tuple[dict[str, Any] | None, bytes | None]]:
-        """Items ``indices`` of a job with the uploaded bytes under ``uploads`` (same order;
-        None for whatever expired), in one round trip: a worker reads a whole chunk at once."""
+        """Items ``indices`` of a job ({person_id, image_hash, filename}, or a tombstone {status}
+        once its person or photo was deleted) with the uploaded bytes under ``uploads`` (same
+        order; None for whatever expired), in one round trip: a worker reads a whole chunk at once."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self.job_items_key(job_id), [str(i) for i in indices])
         if uploads:
@@ -583,22 +579,12 @@ class GalleryStore:
     def drop_job_items(self, job_id: str) -> None:
         self.redis.delete(self.job_items_key(job_id))
 
-    def get_upload(self, key: str) -> bytes | None:
-        return self.redis.get(key)
-
-    def drop_upload(self, key: str) -> None:
-        self.redis.delete(key)
-
-    def append_job_result(self, job_id: str, result: Mapping[str, Any], ttl: int) -> dict[str, Any]:
-        """Record one result row of a job and return the row written: a row naming a person
-        (or a stored photo) deleted since the job looked at it is written redacted, in the
-        same script, so a delete can never be followed by a row naming what it erased."""
-        return self.append_job_results(job_id, [result], ttl)[0]
-
     def append_job_results(self, job_id: str, results: Sequence[Mapping[str, Any]], ttl: int,
                            drop_uploads: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """:meth:`append_job_result` for a chunk's rows, in order, then delete the chunk's
-        ``drop_uploads``: one round trip (each row is still its own atomic script)."""
+        """Record a chunk's result rows, in order, then delete its ``drop_uploads``, in one round
+        trip; returns the rows written. Each row is its own atomic script: a row naming a person
+        (or a stored photo) deleted since the job looked at it is written redacted, so a delete
+        can never be followed by a row naming what it erased."""
         pipe = self.redis.pipeline(transaction=False)
         for result in results:
             keys, args = self._result_script_args(job_id, dict(result), ttl)

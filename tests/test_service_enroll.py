@@ -287,7 +287,7 @@ def test_a_chunk_costs_a_few_round_trips_not_a_few_per_image(service_app_factory
                                                              monkeypatch):
     """A worker reads a chunk's items, uploads and stored-photo records in two pipelines and
     writes its rows and drops its uploads in a third; only each photo's own store (one atomic
-    script) is a round trip per image. Six per image before: 8% of a worker's time, profiled."""
+    script) is a round trip per image. Five more per image before: 7.5% of a worker's time, profiled."""
     import redis as redis_lib
 
     from service import jobs

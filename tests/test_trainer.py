@@ -389,3 +389,35 @@ def test_the_card_names_the_exact_fit_command_and_the_teacher():
     odd = {**training, "config": {**training["config"], "input_size": [112, 96]}}
     assert "--set input_size=112,96" in fit_command(odd)  # the form --set parses
     assert "512->128" in distill_note(config.to_dict()) and distill_note(get_config("cpu").to_dict()) == ""
+
+
+def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_model, synthetic_celeba, tmp_path):
+    """`fit --init MODEL`: the backbone starts as MODEL's, each class centre as the mean of its
+    images' embeddings (so the head classifies before any step), and the run says where it began."""
+    from trainer.release import fit_command
+
+    source = ModelArtifact.load(tiny_model)
+    trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", cache_dir=None, init=tiny_model)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, source.state_dict[name].float()), name
+    cold = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "cold", cache_dir=None)
+    train = trainer.splits.train
+    targets = torch.from_numpy(trainer.train_targets)
+
+    def head_accuracy(t: Trainer) -> float:
+        from trainer.fit import embed_crops
+
+        emb = embed_crops(t.model, t.crops[train], t.recipe, t.config, t.device, t.precision)
+        return float((t.head.cosines(torch.from_numpy(emb)).argmax(1) == targets).float().mean())
+
+    warm_acc, cold_acc = head_accuracy(trainer), head_accuracy(cold)
+    assert warm_acc >= 0.6 and warm_acc > cold_acc + 0.3, (warm_acc, cold_acc)  # seen: 0.76 vs 0.17 (chance)
+    artifact = trainer.fit()
+    assert artifact.training["init"]["version"] == source.version
+    assert artifact.training["init"]["epochs_done"] == source.training["epochs_done"]
+    assert f"--init <model {source.version}>" in fit_command(artifact.training)
+    resumed = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", resume=True, cache_dir=None)
+    assert resumed.init["version"] == source.version
+    with pytest.raises(ValueError, match="input"):
+        Trainer(synthetic_celeba, get_config("tiny", input_size=(64, 56)), tmp_path / "bad", cache_dir=None,
+                init=tiny_model)

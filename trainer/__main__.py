@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--config", default=None, help="tiny | cpu | gpu (default: gpu with CUDA, else cpu)")
     fit.add_argument("--out", required=True, help="run directory")
     fit.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    fit.add_argument("--init", default=None, metavar="MODEL",
+                     help="start from this model's weights (a run's model.pt or models/facerec.pt): a fine-tune")
     fit.add_argument("--epochs", type=int, default=None, help="override the config's epoch count")
     fit.add_argument("--until", type=int, default=None, metavar="N",
                      help="stop after epoch N (the schedule still spans --epochs); continue later with --resume")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         Trainer(args.data, config, args.out, resume=args.resume, cache_dir=args.cache or None,
                 device=args.device, extra_dirs=args.extra,
-                teacher_cache=args.teacher_cache).fit(until=args.until)
+                teacher_cache=args.teacher_cache, init=args.init).fit(until=args.until)
         return 0
     if args.command == "prepare":
         from .prepare import prepare

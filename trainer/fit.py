@@ -156,7 +156,8 @@ class Trainer:
     def __init__(self, data_dir: str | os.PathLike, config: TrainConfig, out_dir: str | os.PathLike,
                  resume: bool = False, cache_dir: str | os.PathLike | None = ".cache",
                  device: str | None = None, threads: int | None = None,
-                 extra_dirs: Sequence[str | os.PathLike] = (), teacher_cache: str | os.PathLike = ".cache") -> None:
+                 extra_dirs: Sequence[str | os.PathLike] = (), teacher_cache: str | os.PathLike = ".cache",
+                 init: str | os.PathLike | None = None) -> None:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -219,6 +220,9 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, self.config))
         self.start_epoch = 1
         self.history: list[dict] = []
+        self.init = dict(checkpoint.get("init") or {}) if checkpoint else {}
+        if init is not None and not checkpoint:
+            self.init = self.warm_start(Path(init))
         if checkpoint:
             self.model.load_state_dict(checkpoint["backbone"])
             self.head.load_state_dict(checkpoint["head"])
@@ -241,6 +245,37 @@ class Trainer:
             **{k: len(v) for k, v in self.main_splits.to_dict().items()},
             "open_set_labels": sorted({int(x) for x in labels[self.splits.open_set]}),
         }, indent=1))
+
+    def warm_start(self, path: Path) -> dict:
+        """Start from a trained model's backbone instead of from scratch (a fine-tune): a session
+        too short for a whole run still builds on the last one. The CosFace head is not in a
+        model file, so each class centre starts as the mean embedding of a few of its training
+        images (weight imprinting), which keeps the first steps from tearing the backbone apart
+        with a random head's gradients."""
+        source = ModelArtifact.load(path)
+        if tuple(source.recipe.input_size) != tuple(self.config.input_size):
+            raise ValueError(f"--init {path}: its input is {tuple(source.recipe.input_size)}, this config trains "
+                             f"at {tuple(self.config.input_size)}")
+        self.model.load_state_dict({k: v.float() for k, v in source.state_dict.items()})
+        rows = np.flatnonzero(self.train_targets >= 0)
+        per_class = 4
+        order = np.random.default_rng(self.config.seed).permutation(rows)
+        targets = self.train_targets[order]
+        keep = order[np.argsort(targets, kind="stable")]
+        counts = np.bincount(self.train_targets[keep], minlength=len(self.class_index))
+        rank = np.arange(len(keep)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = keep[rank < per_class]
+        emb = embed_crops(self.model, self.crops[self.splits.train[keep]], self.recipe, self.config, self.device,
+                          self.precision)
+        centres = np.zeros((len(self.class_index), emb.shape[1]), np.float32)
+        np.add.at(centres, self.train_targets[keep], emb)
+        with torch.no_grad():
+            self.head.weight.copy_(F.normalize(torch.from_numpy(centres), dim=1).to(self.device))
+        training = source.training
+        print(f"warm start from {path} (version {source.version}); head imprinted from {len(keep)} images",
+              flush=True)
+        return {"path": str(path), "version": source.version, "epochs_done": training.get("epochs_done"),
+                "wall_seconds": training.get("wall_seconds")}
 
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device
@@ -341,7 +376,7 @@ class Trainer:
             "distiller": self.distiller.state_dict() if self.distiller is not None else {},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "config": self.config.to_dict(), "splits": self.main_splits.to_dict(), "history": self.history,
-            "extra_sources": [str(d) for d in self.extra_dirs], "rng": rng_state(),
+            "extra_sources": [str(d) for d in self.extra_dirs], "rng": rng_state(), "init": self.init,
         }
         atomic_write(self.out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
 
@@ -354,7 +389,7 @@ class Trainer:
                    "train_images": int(len(self.splits.train)),
                    "train_identities": int(len(self.class_index)),
                    "wall_seconds": float(sum(h.get("train_seconds", 0) + h.get("eval_seconds", 0) for h in self.history)),
-                   "last_epoch": last}
+                   "last_epoch": last, **({"init": self.init} if self.init else {})}
         artifact = self._artifact(summary)
         if calibrate:
             cal = self.calibrate(artifact)

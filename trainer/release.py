@@ -263,6 +263,9 @@ def fit_command(training: dict) -> str:
                 shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
                 sets.append(f"--set {key}={shown}")
     extras = "".join(f" --extra <prepared {Path(e['data']).name}>" for e in training.get("extra_sources", []))
+    init = training.get("init")
+    if init:
+        extras += f" --init <model {init.get('version')}>"
     return (f"python -m trainer fit --data ../shared/data/celeba1k{extras} --config {config.get('name', '?')} "
             f"--epochs {training.get('epochs_done', '?')}{''.join(' ' + x for x in sets)} --out runs/NAME")
 

@@ -394,7 +394,7 @@ def test_the_card_names_the_exact_fit_command_and_the_teacher():
 def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_model, synthetic_celeba, tmp_path):
     """`fit --init MODEL`: the backbone starts as MODEL's, each class centre as the mean of its
     images' embeddings (so the head classifies before any step), and the run says where it began."""
-    from trainer.release import fit_command
+    from trainer.release import fit_command, init_note
 
     source = ModelArtifact.load(tiny_model)
     trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", cache_dir=None, init=tiny_model)
@@ -416,6 +416,7 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
     assert artifact.training["init"]["version"] == source.version
     assert artifact.training["init"]["epochs_done"] == source.training["epochs_done"]
     assert f"--init <model {source.version}>" in fit_command(artifact.training)
+    assert f"fine-tuned from model {source.version} (2 epochs" in init_note(artifact.training["init"])
     resumed = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", resume=True, cache_dir=None)
     assert resumed.init["version"] == source.version
     with pytest.raises(ValueError, match="input"):

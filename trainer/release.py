@@ -282,6 +282,14 @@ def distill_note(config: dict) -> str:
             f"once per training image by `python -m trainer teacher`; dlib is not used at run time")
 
 
+def init_note(init: dict | None) -> str:
+    """The recipe line's tail for a fine-tune: what it started from and what that one cost."""
+    if not init:
+        return ""
+    return (f"; fine-tuned from model {init.get('version')} ({init.get('epochs_done')} epochs, "
+            f"{(init.get('wall_seconds') or 0) / 60:.0f} minutes of its own)")
+
+
 def render_card(report: dict) -> str:
     """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
     training = report.get("training", {})
@@ -308,6 +316,7 @@ def render_card(report: dict) -> str:
                                    for e in extra) or "none",
         "fit_command": fit_command(training),
         "distill": distill_note(config),
+        "init": init_note(training.get("init")),
         "cpu": training.get("machine", {}).get("cpu") or report.get("cpu", "not recorded"),
         "ir_005": _pct(ir["tpr@fpr=0.05"]), "ir_001": _pct(ir["tpr@fpr=0.01"]), "ir_0001": _pct(ir["tpr@fpr=0.001"]),
         "ir_auc": _pct(ir["roc_auc"]),

@@ -391,13 +391,15 @@ def test_the_card_names_the_exact_fit_command_and_the_teacher():
     assert "512->128" in distill_note(config.to_dict()) and distill_note(get_config("cpu").to_dict()) == ""
 
 
-def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_model, synthetic_celeba, tmp_path):
+def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_model, synthetic_celeba, tmp_path,
+                                                                          capsys):
     """`fit --init MODEL`: the backbone starts as MODEL's, each class centre as the mean of its
     images' embeddings (so the head classifies before any step), and the run says where it began."""
     from trainer.release import fit_command, init_note
 
     source = ModelArtifact.load(tiny_model)
     trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", cache_dir=None, init=tiny_model)
+    assert "WARNING" not in capsys.readouterr().out  # same split: nothing held out was seen
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(tensor, source.state_dict[name].float()), name
     cold = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "cold", cache_dir=None)
@@ -419,6 +421,9 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
     assert f"fine-tuned from model {source.version} (2 epochs" in init_note(artifact.training["init"])
     resumed = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", resume=True, cache_dir=None)
     assert resumed.init["version"] == source.version
+    Trainer(synthetic_celeba, get_config("tiny", epochs=1, seed=7), tmp_path / "seed7", cache_dir=None, init=tiny_model)
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "other seed" in out, out
     with pytest.raises(ValueError, match="input"):
         Trainer(synthetic_celeba, get_config("tiny", input_size=(64, 56)), tmp_path / "bad", cache_dir=None,
                 init=tiny_model)

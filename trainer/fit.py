@@ -256,6 +256,12 @@ class Trainer:
         if tuple(source.recipe.input_size) != tuple(self.config.input_size):
             raise ValueError(f"--init {path}: its input is {tuple(source.recipe.input_size)}, this config trains "
                              f"at {tuple(self.config.input_size)}")
+        split_keys = ("seed", "open_identities", "val_per_identity", "limit_identities")
+        theirs = source.training.get("config", {})
+        changed = [k for k in split_keys if k in theirs and theirs[k] != getattr(self.config, k)]
+        if changed:
+            print(f"WARNING: --init {path} was trained with other {', '.join(changed)}: it has seen images this "
+                  "run holds out, so its validation figures will read too high", flush=True)
         self.model.load_state_dict({k: v.float() for k, v in source.state_dict.items()})
         rows = np.flatnonzero(self.train_targets >= 0)
         per_class = 4

@@ -413,7 +413,7 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
         return float((t.head.cosines(torch.from_numpy(emb)).argmax(1) == targets).float().mean())
 
     warm_acc, cold_acc = head_accuracy(trainer), head_accuracy(cold)
-    assert warm_acc >= 0.6 and warm_acc > cold_acc + 0.3, (warm_acc, cold_acc)  # seen: 0.76 vs 0.17 (chance)
+    assert warm_acc >= 0.6 and warm_acc > cold_acc + 0.3, (warm_acc, cold_acc)  # seen: 0.67 vs 0.17 (chance)
     artifact = trainer.fit()
     assert artifact.training["init"]["version"] == source.version
     assert artifact.training["init"]["epochs_done"] == source.training["epochs_done"]

@@ -263,25 +263,17 @@ class Trainer:
             print(f"WARNING: --init {path} was trained with other {', '.join(changed)}: it has seen images this "
                   "run holds out, so its validation figures will read too high", flush=True)
         self.model.load_state_dict({k: v.float() for k, v in source.state_dict.items()})
-        rows = np.flatnonzero(self.train_targets >= 0)
-        per_class = 4
-        order = np.random.default_rng(self.config.seed).permutation(rows)
-        targets = self.train_targets[order]
-        keep = order[np.argsort(targets, kind="stable")]
-        counts = np.bincount(self.train_targets[keep], minlength=len(self.class_index))
-        rank = np.arange(len(keep)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = keep[rank < per_class]
-        emb = embed_crops(self.model, self.crops[self.splits.train[keep]], self.recipe, self.config, self.device,
-                          self.precision)
+        rows = closed_set_gallery(self.labels, self.splits.train[self.train_targets >= 0], 4, self.config.seed)
+        classes = np.array([self.class_index[int(c)] for c in self.labels[rows]], dtype=np.int64)
+        emb = embed_crops(self.model, self.crops[rows], self.recipe, self.config, self.device, self.precision)
         centres = np.zeros((len(self.class_index), emb.shape[1]), np.float32)
-        np.add.at(centres, self.train_targets[keep], emb)
+        np.add.at(centres, classes, emb)
         with torch.no_grad():
             self.head.weight.copy_(F.normalize(torch.from_numpy(centres), dim=1).to(self.device))
-        training = source.training
-        print(f"warm start from {path} (version {source.version}); head imprinted from {len(keep)} images",
+        print(f"warm start from {path} (version {source.version}); head imprinted from {len(rows)} images",
               flush=True)
-        return {"path": str(path), "version": source.version, "epochs_done": training.get("epochs_done"),
-                "wall_seconds": training.get("wall_seconds")}
+        return {"path": str(path), "version": source.version, "epochs_done": source.training.get("epochs_done"),
+                "wall_seconds": source.training.get("wall_seconds")}
 
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device

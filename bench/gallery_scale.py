@@ -127,11 +127,17 @@ def embedding_stats(emb: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def make_people(bases: np.ndarray, n: int, sibling_cos: float, rng: np.random.Generator) -> np.ndarray:
-    """``n`` person vectors: a random real embedding plus noise, renormalised, in chunks (1M x 512
-    float32 is 2 GB; the noise would double that)."""
-    out = np.empty((n, DIM), np.float32)
+    """``n`` person vectors: a random real embedding plus noise, renormalised (see :func:`fill_people`)."""
+    return fill_people(np.empty((n, DIM), np.float32), bases, sibling_cos, rng)
+
+
+def fill_people(out: np.ndarray, bases: np.ndarray, sibling_cos: float, rng: np.random.Generator) -> np.ndarray:
+    """Fill ``out`` (n, DIM), an array or a memory map larger than RAM, with person vectors in
+    chunks (1M x 512 float32 is 2 GB; the noise would double that). The draws do not depend on
+    ``out``'s kind, so a 10M map is made the same way as a 1M array."""
     # two people made from the same base end up ~sibling_cos apart: cos(a,b) ~ 1/(1+d*sigma^2)
     sigma = np.float32(np.sqrt((1.0 / sibling_cos - 1.0) / DIM))
+    n = len(out)
     for start in range(0, n, 100_000):
         stop = min(n, start + 100_000)
         pick = rng.integers(0, len(bases), stop - start)

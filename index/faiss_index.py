@@ -57,8 +57,9 @@ def train_ivf(ivf: faiss.IndexIVF, vecs: np.ndarray) -> None:
     ivf.cp.spherical = True
     ivf.cp.niter = TRAIN_ITERATIONS
     sample = n if n <= TRAIN_POINTS_PER_LIST * lists else TRAIN_POINTS_PER_LIST * lists
-    rows = np.random.default_rng(0).choice(n, sample, replace=False) if sample < n else slice(None)
-    ivf.train(np.ascontiguousarray(vecs[rows]))
+    # sorted rows: forward reads when ``vecs`` is a memory map larger than RAM
+    rows = np.sort(np.random.default_rng(0).choice(n, sample, replace=False)) if sample < n else slice(None)
+    ivf.train(check_matrix(vecs[rows], ivf.d, "vectors"))
 
 
 class VectorIndex:

@@ -27,7 +27,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -44,6 +44,7 @@ DEFAULT_NPROBE = 64
 #: Candidates re-ranked from float16 per wanted result (k=5 -> 40 candidates).
 DEFAULT_REFINE = 8
 _FILES = ("ivf.faiss", "vectors.npy", "ids.npy")
+_CHUNK = 65536  # rows read, checked and added at a time
 
 
 def build_snapshot(
@@ -55,17 +56,18 @@ def build_snapshot(
 ) -> dict:
     """Write a snapshot of ``vectors`` (n, d unit rows) under ``ids`` into ``directory``.
 
-    Each file is written to a temp file and renamed, ``meta.json`` last, so a reader that
-    opens the directory during a rebuild sees the old snapshot or the new one. Returns the
-    metadata (sizes and build seconds).
+    ``vectors`` may be a memory map larger than RAM (a 10M-person gallery is 20 GB of float32):
+    it is read one chunk at a time, so the build holds the 8-bit codes, a training sample and a
+    chunk, never a float copy of the gallery. Each file is written to a temp file and renamed,
+    ``meta.json`` last, so a reader that opens the directory during a rebuild sees the old
+    snapshot or the new one. Returns the metadata (sizes and build seconds).
     """
     start = time.perf_counter()
     id_arr = _check_ids(ids)
     shape = np.shape(vectors)
     if len(shape) != 2 or shape[1] == 0:
         raise InvalidRequestError(f"vectors must be (n, d), got shape {shape}")
-    vecs = check_matrix(vectors, int(shape[1]), "vectors")
-    n, dim = vecs.shape
+    n, dim = int(shape[0]), int(shape[1])
     if id_arr.shape[0] != n:
         raise InvalidRequestError(f"{id_arr.shape[0]} ids but {n} vectors; they must pair up")
     if n == 0:
@@ -77,23 +79,34 @@ def build_snapshot(
     lists = default_nlist(n) if nlist is None else int(nlist)
     if not 1 <= lists <= n:
         raise InvalidRequestError(f"nlist must be in [1, {n}], got {nlist}")
+    in_order = bool(np.all(order[1:] > order[:-1]))  # ids already sorted: rows are plain slices
+
+    def chunks() -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 rows) in id order, checked a chunk at a time."""
+        for s in range(0, n, _CHUNK):
+            rows = slice(s, min(n, s + _CHUNK)) if in_order else np.sort(order[s:s + _CHUNK])
+            block = check_matrix(vectors[rows], dim, "vectors")
+            yield s, block if in_order else block[np.argsort(np.argsort(order[s:s + _CHUNK]))]
+
     ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
                                         faiss.METRIC_INNER_PRODUCT)
-    train_ivf(ivf, vecs)
-    chunk = 65536
-    for s in range(0, n, chunk):  # rows in id order: the faiss label is the row number
-        rows = order[s:s + chunk]
-        ivf.add_with_ids(vecs[rows], np.arange(s, s + len(rows), dtype=np.int64))
+    train_ivf(ivf, vectors)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+
+    def write_half(tmp: str) -> None:  # float16 rows streamed into a .npy, never whole in memory
+        half = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+        for s, block in chunks():  # rows in id order: the faiss label is the row number
+            ivf.add_with_ids(block, np.arange(s, s + len(block), dtype=np.int64))
+            half[s:s + len(block)] = block
+        half.flush()
+        del half
+
+    atomic_write(d / "vectors.npy", write_half)
     atomic_write(d / "ivf.faiss", lambda tmp: faiss.write_index(ivf, tmp))
     del ivf
-    half = np.empty((n, dim), np.float16)
-    for s in range(0, n, chunk):
-        half[s:s + chunk] = vecs[order[s:s + chunk]]
-    _save_npy(d / "vectors.npy", half)
     _save_npy(d / "ids.npy", id_arr)
-    meta = {"format": FORMAT, "format_version": 1, "count": int(n), "dim": int(dim), "nlist": lists,
+    meta = {"format": FORMAT, "format_version": 1, "count": n, "dim": dim, "nlist": lists,
             "codes": "sq8", "refine_store": "float16", "build_s": round(time.perf_counter() - start, 3),
             "bytes": {name: os.path.getsize(d / name) for name in _FILES}}
     atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=1).encode())

@@ -76,24 +76,36 @@ def write(store: GalleryStore, root: str | os.PathLike[str], *, nlist: int | Non
     start = time.perf_counter()
     marker, last_id = store.snapshot_marker()
     pids = sorted(store.all_person_ids())
-    rows: list[bytes] = []
-    vectors: list[np.ndarray] = []
-    for s in range(0, len(pids), 5000):
-        for pid, entry in store.load_people(pids[s:s + 5000]).items():
-            if entry is None or entry[1].shape[0] == 0:
-                continue
-            try:
-                vectors.append(mean_embedding(entry[1]))
-            except InvalidRequestError:
-                continue  # no usable mean vector: the cache leaves such people out too
-            rows.append(pid.encode())
-    if not rows:
-        raise GalleryError(f"model {store.model_version}: no person has a vector yet; nothing to snapshot")
     target = version_dir(root, store.model_version)
-    target.mkdir(parents=True, exist_ok=True)
     now = time.time_ns()  # names sort by creation time: pruning keeps the newest
     build = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now // 10**9))}.{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
-    meta = build_snapshot(target / build, np.arange(len(rows)), np.stack(vectors), nlist=nlist)
+    (target / build).mkdir(parents=True)
+    scratch_path = target / build / ".vectors-f32.npy"
+    scratch = None
+    try:
+        # the mean vectors go to a scratch map beside the build, not a list in memory: at 10M
+        # people they are 20 GB of float32, more than the host's RAM (build_snapshot streams them)
+        scratch = np.lib.format.open_memmap(scratch_path, mode="w+", dtype=np.float32,
+                                            shape=(max(1, len(pids)), store.dim))
+        rows: list[bytes] = []
+        for s in range(0, len(pids), 5000):
+            for pid, entry in store.load_people(pids[s:s + 5000]).items():
+                if entry is None or entry[1].shape[0] == 0:
+                    continue
+                try:
+                    scratch[len(rows)] = mean_embedding(entry[1])
+                except InvalidRequestError:
+                    continue  # no usable mean vector: the cache leaves such people out too
+                rows.append(pid.encode())
+        if not rows:
+            raise GalleryError(f"model {store.model_version}: no person has a vector yet; nothing to snapshot")
+        meta = build_snapshot(target / build, np.arange(len(rows)), scratch[:len(rows)], nlist=nlist)
+    except BaseException:
+        shutil.rmtree(target / build, ignore_errors=True)
+        raise
+    finally:
+        scratch = None  # unmapped before the file goes
+        scratch_path.unlink(missing_ok=True)
     np.save(target / build / "pids.npy", np.array(rows, dtype=f"S{max(map(len, rows))}"), allow_pickle=False)
     info = {"format": FORMAT, "version": store.model_version, "count": len(rows), "gen": marker.gen,
             "epoch": (marker.epoch or b"").decode(), "last_id": last_id.decode(),

@@ -126,6 +126,36 @@ def test_fewer_results_than_k_and_bad_arguments(tmp_path):
         build_snapshot(tmp_path / "pair", [1, 2, 3], vecs[:2], nlist=1)
 
 
+def test_build_streams_a_memory_map_chunk_by_chunk(tmp_path, snapshot_dir, data, monkeypatch):
+    """A 10M-person gallery is 20 GB of float32: the build reads it from a map a chunk at a time,
+    and the files are byte for byte those of a build from an array in memory."""
+    import index.snapshot as snapshot_module
+
+    ids, vecs, _ = data
+    mapped = np.lib.format.open_memmap(tmp_path / "people.npy", mode="w+", dtype=np.float32, shape=vecs.shape)
+    mapped[:] = vecs
+    mapped.flush()
+    monkeypatch.setattr(snapshot_module, "_CHUNK", 700)  # 6 chunks of unordered ids
+    build_snapshot(tmp_path / "streamed", ids, np.load(tmp_path / "people.npy", mmap_mode="r"), nlist=40)
+
+    def files(d: Path) -> dict[str, str]:  # meta.json differs only in its build seconds
+        return {k: v for k, v in digest(d).items() if k != "meta.json"}
+
+    assert files(tmp_path / "streamed") == files(snapshot_dir) and len(files(snapshot_dir)) == 3
+
+    order = np.argsort(ids)  # ids already sorted: chunks are plain slices of the map
+    sorted_vecs = np.lib.format.open_memmap(tmp_path / "sorted.npy", mode="w+", dtype=np.float32, shape=vecs.shape)
+    sorted_vecs[:] = vecs[order]
+    build_snapshot(tmp_path / "sorted", ids[order], sorted_vecs, nlist=40)
+    same = {k: v for k, v in files(tmp_path / "sorted").items() if k != "ivf.faiss"}  # another training sample
+    assert same == {k: v for k, v in files(snapshot_dir).items() if k != "ivf.faiss"} and len(same) == 2
+
+    mapped[3500, 7] = np.nan  # a bad row in a late chunk: refused, and no snapshot is left behind
+    with pytest.raises(InvalidRequestError, match="NaN"):
+        build_snapshot(tmp_path / "bad", ids, mapped, nlist=40)
+    assert not any((tmp_path / "bad").glob("*.npy")) and not (tmp_path / "bad" / "meta.json").exists()
+
+
 def test_missing_or_inconsistent_snapshot_is_a_gallery_error(tmp_path, snapshot_dir):
     with pytest.raises(GalleryError):
         SnapshotIndex.open(tmp_path / "nothing")

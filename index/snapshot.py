@@ -84,9 +84,12 @@ def build_snapshot(
     def chunks() -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 rows) in id order, checked a chunk at a time."""
         for s in range(0, n, _CHUNK):
-            rows = slice(s, min(n, s + _CHUNK)) if in_order else np.sort(order[s:s + _CHUNK])
-            block = check_matrix(vectors[rows], dim, "vectors")
-            yield s, block if in_order else block[np.argsort(np.argsort(order[s:s + _CHUNK]))]
+            if in_order:
+                yield s, check_matrix(vectors[s:s + _CHUNK], dim, "vectors")
+                continue
+            wanted = order[s:s + _CHUNK]
+            ascending = np.sort(wanted)  # forward reads of a memory map, then back to id order
+            yield s, check_matrix(vectors[ascending], dim, "vectors")[np.searchsorted(ascending, wanted)]
 
     ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
                                         faiss.METRIC_INNER_PRODUCT)

@@ -43,9 +43,10 @@ class GalleryCache:
     is not thread-safe and the server may run several request threads per process.
     """
 
-    def __init__(self, store: GalleryStore, snapshot_dir: str | None = None) -> None:
+    def __init__(self, store: GalleryStore, snapshot_dir: str | None = None, snapshot_nprobe: int | None = None) -> None:
         self.store = store
         self.snapshot_dir = snapshot_dir
+        self.snapshot_nprobe = snapshot_nprobe  # None: the index's default
         self._lock = threading.RLock()
         self._index: VectorIndex | SnapshotIndex = VectorIndex(store.dim)
         self._snapshot: GallerySnapshot | None = None
@@ -138,6 +139,8 @@ class GalleryCache:
         if expected - 1 < current.gen:
             log.warning("gallery snapshot %s: the stream stops before gen %d: reading Redis", snap.path, current.gen)
             return False
+        if self.snapshot_nprobe is not None:
+            snap.index.nprobe = self.snapshot_nprobe
         self._reset(snap.index, snap)
         self._apply(c.person_id for c in changes)
         self._marker, self._last_id = Marker(current.epoch, expected - 1), last_id

@@ -57,6 +57,9 @@ class ServiceConfig:
     # A host's gallery snapshot (`python -m service.snapshot`), mapped by every process instead of
     # each reading all people from Redis; empty: off (right below ~100k people, where exact is cheap).
     gallery_snapshot_dir: str = ""
+    # Inverted lists each search of the snapshot scans. At 1M people 64 gives recall@1 0.998 in
+    # 2.2-2.9 ms a query; on an AVX2-only CPU 48 gives 0.996 in 1.9 ms (docs/BENCHMARKS.md).
+    gallery_snapshot_nprobe: int = 64
     redis_socket_timeout: float = 5.0
     rate_limit: str = "600/minute;60/second"  # per API key (else per address), all routes; "off"
     max_inflight: int = 2  # model requests (identify, verify, add a photo) at once per process; more get 429
@@ -147,7 +150,7 @@ def _check(c: ServiceConfig) -> None:
     positive = ["max_image_bytes", "max_image_pixels", "max_images_per_request", "max_content_length",
                 "min_face_size", "enroll_embed_batch", "default_k", "max_k", "torch_threads", "upload_ttl", "result_ttl",
                 "failure_ttl", "job_timeout", "job_heartbeat", "change_stream_maxlen", "max_inflight",
-                "max_inflight_per_client"]
+                "max_inflight_per_client", "gallery_snapshot_nprobe"]
     for name in positive:
         if getattr(c, name) <= 0:
             raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")

@@ -87,6 +87,14 @@ def recognizer(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def shipped():
+    """The release model in models/, loaded once: real-face behaviour without training anything."""
+    from recognizer import Recognizer
+
+    return Recognizer()  # no argument: MODEL_PATH, else the shipped model
+
+
+@pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """A real photograph with one face that ships with scikit-image."""
     from skimage import data
@@ -208,3 +216,14 @@ def service_app_factory(service_recognizer, tiny_model, redis_server, redis_db):
 
     yield make
     jobs.set_recognizer(None)
+
+
+@pytest.fixture
+def shipped_client(shipped, redis_server, redis_db):
+    """A test client of the service serving the shipped model on the test Redis."""
+    from recognizer.artifact import SHIPPED_MODEL
+    from service.app import create_app
+
+    app = create_app({"REDIS_URL": redis_server.url, "MODEL_PATH": str(SHIPPED_MODEL), "RECOGNIZER": shipped,
+                      "TESTING": True, "RATE_LIMIT": "off"})
+    return app.test_client()

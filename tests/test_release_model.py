@@ -21,11 +21,6 @@ def card() -> dict:
     return json.loads(CARD.read_text())
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    from recognizer import Recognizer
-
-    return Recognizer()  # no argument: MODEL_PATH, else the shipped model
 
 
 def test_the_shipped_model_is_the_carded_one_and_small(card, monkeypatch):
@@ -77,15 +72,6 @@ def _held_out_people(count: int) -> list[list]:
         if len(people) == count:
             break
     return people
-
-
-@pytest.fixture
-def shipped_client(shipped, redis_server, redis_db):
-    from service.app import create_app
-
-    app = create_app({"REDIS_URL": redis_server.url, "MODEL_PATH": str(SHIPPED_MODEL), "RECOGNIZER": shipped,
-                      "TESTING": True})
-    return app.test_client()
 
 
 @requires_face_data

@@ -54,6 +54,9 @@ def test_a_snapshot_answers_as_redis_does_and_replays_what_changed_since(store, 
 
     mapped = GalleryCache(store, str(tmp_path))
     mapped.rebuild()
+    tuned = GalleryCache(store, str(tmp_path), snapshot_nprobe=3)  # GALLERY_SNAPSHOT_NPROBE
+    tuned.rebuild()
+    assert tuned._index.nprobe == 3 and mapped._index.nprobe == meta["index"]["nlist"]  # noqa: SLF001
     exact = GalleryCache(store)
     exact.rebuild()
     assert mapped.source == "snapshot" and exact.source == "redis"

@@ -62,7 +62,7 @@ CONFIGS: dict[str, TrainConfig] = {
                         open_identities=2, val_per_identity=1, gallery_per_identity=3, limit_identities=8),
     # The whole celeba1k (20,935 training images) on 2 CPU cores, 16 epochs: 45 min on a quiet AMD
     # EPYC with native bf16 (171-178 images/s), about 100 min on an Intel Xeon with AMX (55-65
-    # images/s beside other work), about 3.3 h on an AVX2-only EPYC (fp32, 28 images/s). README.
+    # images/s beside other work), about 2.6 h on an AVX2-only EPYC (fp32, 35.6 images/s). README.
     "cpu": TrainConfig(name="cpu", epochs=16, batch_size=128),
     # Used automatically when CUDA is present: a larger input and more epochs, mixed precision.
     "gpu": TrainConfig(name="gpu", input_size=(128, 112), epochs=60, batch_size=256, lr=0.2,

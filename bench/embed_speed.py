@@ -21,12 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.precision import native_bf16
+
 from . import common
-
-
-def native_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def tpr_at_fpr(emb: dict[str, np.ndarray], labels: np.ndarray, fpr: float = 0.01) -> float:

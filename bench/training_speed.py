@@ -29,7 +29,7 @@ import torch
 
 from trainer.configs import get_config
 from trainer.fit import Trainer
-from trainer.precision import NATIVE_BF16_FLAGS, autocast, cpu_flags
+from trainer.precision import autocast, native_bf16
 
 from . import common
 from .datasets import make_synthetic_celeba
@@ -41,8 +41,7 @@ PRECISIONS = {"fp32": {"precision": "fp32", "channels_last": False},
 
 def default_ways() -> list[str]:
     """Every way this CPU trains in at a sane speed: bf16 only where it is native."""
-    flags = cpu_flags() or set()
-    return [w for w in PRECISIONS if w != "bf16" or any(f in flags for f in NATIVE_BF16_FLAGS)]
+    return [w for w in PRECISIONS if w != "bf16" or native_bf16()]
 
 
 def trainer_steps(trainer: Trainer, steps: int, warmup: int, epoch: int) -> list[float]:
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         del trainer
     tmp.cleanup()
     return {"source": source, "config": args.config, "threads": args.threads, "rows": rows, "ways": args.ways,
-            "cpu_native_bf16": sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags() or set()))}
+            "cpu_native_bf16": native_bf16()}
 
 
 def tables(result: dict) -> str:

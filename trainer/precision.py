@@ -26,6 +26,12 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     return None
 
 
+def native_bf16(flags: set[str] | None = None) -> list[str]:
+    """The CPU's native bf16 features (``flags``, else this CPU's); empty where bf16 is emulated."""
+    flags = cpu_flags() if flags is None else flags
+    return [f for f in NATIVE_BF16_FLAGS if f in (flags or set())]
+
+
 def resolve_precision(requested: str, device: torch.device, flags: set[str] | None = None) -> tuple[str, str]:
     """(precision to train in, why). ``requested``: "auto" | "bf16" | "fp32" | "amp"."""
     if requested != "auto":
@@ -35,7 +41,7 @@ def resolve_precision(requested: str, device: torch.device, flags: set[str] | No
     flags = cpu_flags() if flags is None else flags
     if flags is None:
         return "fp32", "CPU features unknown (no /proc/cpuinfo): fp32 is never the slow choice"
-    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    native = native_bf16(flags)
     if native:
         return "bf16", f"CPU has native bf16 ({', '.join(native)}): bf16 autocast"
     return "fp32", "CPU lacks native bf16 (no avx512_bf16/amx_bf16), where bf16 is emulated ~45x slower: fp32"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recognizer.errors import GalleryError
 from service import snapshot
 from service.cache import GalleryCache
 from service.store import GalleryStore
@@ -128,6 +130,16 @@ def test_builds_are_switched_atomically_and_old_ones_pruned(store, tmp_path):
     assert (tmp_path / "model-a" / "CURRENT").read_text() == third["path"].rsplit("/", 1)[1]
     assert json.loads((tmp_path / "model-a" / builds[0] / "gallery.json").read_text())["count"] == 60
     assert second["gen"] == third["gen"]
+    # the build's scratch map of float32 mean vectors (2 KB a person) is gone once it is done
+    assert sorted(p.name for p in Path(third["path"]).iterdir()) == [
+        "gallery.json", "ids.npy", "ivf.faiss", "meta.json", "pids.npy", "vectors.npy"]
+
+
+def test_a_gallery_without_vectors_leaves_no_build_behind(store, tmp_path):
+    store.create_person("no photo yet")
+    with pytest.raises(GalleryError, match="no person has a vector"):
+        snapshot.write(store, tmp_path)
+    assert list((tmp_path / "model-a").iterdir()) == []  # no half build, no scratch file, no CURRENT
 
 
 def test_the_command_snapshots_every_served_model(service_recognizer, tiny_model, redis_server, redis_db,

@@ -145,6 +145,15 @@ def fill_people(out: np.ndarray, bases: np.ndarray, sibling_cos: float, rng: np.
     return out
 
 
+def make_queries(people: np.ndarray, count: int, offsets_a: np.ndarray, offsets_delta: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(true person of each query, queries): ``count`` random people, each moved by a real
+    within-person offset (see :func:`within_person_offsets`); ``people`` may be a memory map."""
+    truth = rng.integers(0, len(people), count)
+    pick = rng.integers(0, len(offsets_a), count)
+    return truth, normalize(offsets_a[pick, None] * people[truth] + offsets_delta[pick])
+
+
 # ---- measurements ------------------------------------------------------------------------------
 
 def python_bytes(index: VectorIndex) -> int:
@@ -180,9 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     for n in args.sizes:
         people = make_people(emb, n, sibling_cos, rng)
-        truth = rng.integers(0, n, args.queries)
-        pick = rng.integers(0, len(offsets_a), len(truth))
-        queries = normalize(offsets_a[pick, None] * people[truth] + offsets_delta[pick])
+        truth, queries = make_queries(people, args.queries, offsets_a, offsets_delta, rng)
         query_cos = float(np.median(np.sum(queries * people[truth], axis=1)))
         batches = [queries[i:i + 32] for i in range(0, len(queries) - 31, 32)]
         ids = np.arange(n, dtype=np.int64)

@@ -177,16 +177,13 @@ def streamed_size(n: int, emb: np.ndarray, sibling_cos: float, offsets: tuple[np
     that map. Today's layout (exact or IVF-Flat held in every server process) is not built: it
     needs 2,080 bytes a person in each process, 20.8 GB at 10M, which this host cannot hold once,
     let alone twice."""
-    offsets_a, offsets_delta = offsets
     people_file = work / f"people-{n}.npy"
     start = time.perf_counter()
     people = np.lib.format.open_memmap(people_file, mode="w+", dtype=np.float32, shape=(n, gs.DIM))
     gs.fill_people(people, emb, sibling_cos, rng)
     people.flush()
     made_s = time.perf_counter() - start
-    truth = rng.integers(0, n, args.queries)
-    pick = rng.integers(0, len(offsets_a), len(truth))
-    queries = gs.normalize(offsets_a[pick, None] * people[truth] + offsets_delta[pick])
+    _, queries = gs.make_queries(people, args.queries, *offsets, rng)
     print(f"  {n:,}: people written ({made_s:.0f} s, {people_file.stat().st_size / 2**30:.1f} GiB)", flush=True)
     faiss.omp_set_num_threads(max(args.threads, os.cpu_count() or 1))
     start = time.perf_counter()
@@ -248,9 +245,7 @@ def run(args: argparse.Namespace) -> dict:
             sizes.append(streamed_size(n, emb, sibling_cos, (offsets_a, offsets_delta), rng, work, args))
             continue
         people = gs.make_people(emb, n, sibling_cos, rng)
-        truth = rng.integers(0, n, args.queries)
-        pick = rng.integers(0, len(offsets_a), len(truth))
-        queries = gs.normalize(offsets_a[pick, None] * people[truth] + offsets_delta[pick])
+        _, queries = gs.make_queries(people, args.queries, offsets_a, offsets_delta, rng)
         ids = np.arange(n, dtype=np.int64)
         rows: list[dict] = []
         flat = VectorIndex.build(ids, people, kind="flat")

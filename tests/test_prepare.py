@@ -45,3 +45,20 @@ def test_an_excluded_identity_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ValueError, match="excluded"):
         prepare(src, labels, "half-res", out, exclude=exclude)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/2", "0/0", "1", "a/b"])
+def test_a_shard_outside_0_to_n_minus_1_is_refused_by_the_cli(text, capsys):
+    # ``2/2`` once looked right and silently left image 0 out of both shards (``1/2`` and ``2/2``).
+    from trainer.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["teacher", "--data", "unused", "--shard", text])
+    assert exit_.value.code == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_a_shard_counts_from_zero():
+    from trainer.__main__ import shard
+
+    assert [shard("0/2"), shard("1/2")] == [(0, 2), (1, 2)]

@@ -35,6 +35,7 @@ from recognizer import ModelArtifact, Recognizer
 from recognizer.images import load_image
 from recognizer.preprocess import AlignmentRecipe
 from trainer import metrics
+from trainer.data import parse_shard
 from trainer.evaluate import CELEBA_IR_FPRS
 from trainer.teacher import import_dlib
 
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="recompute dlib's embeddings instead of reading them from $BENCH_CACHE")
     p.add_argument("--dlib-cache-only", action="store_true",
                    help="only fill the dlib embedding cache for (a) and (c) (needs no model of ours), then exit")
-    p.add_argument("--shard", default="0/1", help="with --dlib-cache-only: K/N, this process's share (run N at once)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N", help="with --dlib-cache-only: K/N, this process's share (run N at once)")
     args = p.parse_args(argv)
     q = args.quick
     args.ir_queries, args.ir_distractors, args.pair_images = 50, 50, 8  # quick only
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if args.dlib_cache_only:
         common.set_threads(args.threads)
-        shard, shards = (int(v) for v in args.shard.split("/"))
+        shard, shards = args.shard
         dl = Dlib(cache_writer=f"-shard{shard}of{shards}" if shards > 1 else "")
         print(f"filling {dl.cache.path} ({len(dl.cache.table)} embeddings cached already)")
         print(fill_dlib_cache(dl, data, shard, shards))

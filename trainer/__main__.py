@@ -7,17 +7,7 @@ import sys
 
 import torch
 
-
-def shard(text: str) -> tuple[int, int]:
-    """Parse ``K/N`` (K counts from 0). ``N/N`` would silently skip image 0, so it is refused."""
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not K/N, e.g. 0/2 and 1/2 for two processes") from None
-    if not 0 <= k < n:
-        raise argparse.ArgumentTypeError(f"{text!r}: K counts from 0 and must be below N (0/{max(n, 1)} .. "
-                                         f"{max(n, 1) - 1}/{max(n, 1)})")
-    return k, n
+from .data import parse_shard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--kind", required=True, choices=["crops", "half-res"])
     prep.add_argument("--out", required=True, help="output folder, outside the repository")
     prep.add_argument("--exclude", default=None, help="identities never to train on (celeba_extra/excluded_ids.txt)")
-    prep.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
+    prep.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N",
                       help="this process does every N-th image from K (0 <= K < N)")
     prep.add_argument("--threads", type=int, default=None)
 
     tea = sub.add_parser("teacher", help="cache dlib's embedding of every image of a CelebA-layout source")
     tea.add_argument("--data", required=True, help="celeba1k or a `trainer prepare` output")
     tea.add_argument("--cache", default=".cache", help="cache folder (outside git; default .cache)")
-    tea.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",
+    tea.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N",
                       help="this process does every N-th image from K (0 <= K < N)")
     tea.add_argument("--threads", type=int, default=None)
 

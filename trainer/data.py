@@ -7,6 +7,7 @@ aligned with the recognizer's detector, the largest face per image).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -20,6 +21,19 @@ from recognizer.images import load_image
 from recognizer.preprocess import AlignmentRecipe, align_face, crop_aligned_frame, resize_to_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` of the commands that split work over N processes (K counts from 0): an
+    argparse ``type``. ``N/N`` would silently skip image 0 (item K::N of each), so it is refused."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N, e.g. 0/2 and 1/2 for two processes") from None
+    if n < 1 or not 0 <= k < n:
+        valid = f"0/{n} .. {n - 1}/{n}" if n >= 1 else "N of at least 1"
+        raise argparse.ArgumentTypeError(f"{text!r}: K counts from 0 and must be below N ({valid})")
+    return k, n
 
 
 @dataclass

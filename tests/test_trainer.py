@@ -421,6 +421,11 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
     assert f"fine-tuned from model {source.version} (2 epochs" in init_note(artifact.training["init"])
     resumed = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft", resume=True, cache_dir=None)
     assert resumed.init["version"] == source.version
+    grandchild = Trainer(synthetic_celeba, get_config("tiny", epochs=1), tmp_path / "ft2", cache_dir=None,
+                         init=tmp_path / "ft" / "model.pt")  # a fine-tune of the fine-tune keeps the chain
+    assert grandchild.init["version"] == artifact.version and grandchild.init["init"]["version"] == source.version
+    assert (f"fine-tuned from model {artifact.version} (1 epochs" in init_note(grandchild.init)
+            and f"itself fine-tuned from model {source.version} (2 epochs" in init_note(grandchild.init))
     Trainer(synthetic_celeba, get_config("tiny", epochs=1, seed=7), tmp_path / "seed7", cache_dir=None, init=tiny_model)
     out = capsys.readouterr().out
     assert "WARNING" in out and "other seed" in out, out

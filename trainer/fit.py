@@ -132,7 +132,12 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], "o-", label="CosFace loss")
+    taught = any("distill_loss" in h for h in history)
+    ax1.plot(epochs, [h["loss"] for h in history], "o-",
+             label="total loss (CosFace + weight x distillation)" if taught else "CosFace loss")
+    if taught:
+        ax1.plot(epochs, [h.get("distill_loss", float("nan")) for h in history], "s--",
+                 label="distillation term toward dlib (unweighted)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.grid(alpha=0.3)
@@ -272,8 +277,9 @@ class Trainer:
             self.head.weight.copy_(F.normalize(torch.from_numpy(centres), dim=1).to(self.device))
         print(f"warm start from {path} (version {source.version}); head imprinted from {len(rows)} images",
               flush=True)
+        ancestry = source.training.get("init")  # what the source was itself fine-tuned from, if anything
         return {"path": str(path), "version": source.version, "epochs_done": source.training.get("epochs_done"),
-                "wall_seconds": source.training.get("wall_seconds")}
+                "wall_seconds": source.training.get("wall_seconds"), **({"init": ancestry} if ancestry else {})}
 
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device

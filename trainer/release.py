@@ -283,11 +283,14 @@ def distill_note(config: dict) -> str:
 
 
 def init_note(init: dict | None) -> str:
-    """The recipe line's tail for a fine-tune: what it started from and what that one cost."""
-    if not init:
-        return ""
-    return (f"; fine-tuned from model {init.get('version')} ({init.get('epochs_done')} epochs, "
-            f"{(init.get('wall_seconds') or 0) / 60:.0f} minutes of its own)")
+    """The recipe line's tail for a fine-tune: the chain of models it grew from, each with what it
+    cost, as far back as the files recorded it (older models kept one level only)."""
+    links = []
+    while init:
+        links.append(f"model {init.get('version')} ({init.get('epochs_done')} epochs, "
+                     f"{(init.get('wall_seconds') or 0) / 60:.0f} minutes of its own)")
+        init = init.get("init")
+    return "; fine-tuned from " + ", itself fine-tuned from ".join(links) if links else ""
 
 
 def render_card(report: dict) -> str:

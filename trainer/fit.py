@@ -27,7 +27,7 @@ from . import metrics
 from .configs import TrainConfig
 from .cosface import CosFaceHead
 from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits
-from .distill import build_distiller
+from .distill import ProjectedDistillation, build_distiller
 from .precision import autocast, cpu_name, resolve_precision
 
 THRESHOLD_FAR = 1e-3
@@ -277,9 +277,33 @@ class Trainer:
             self.head.weight.copy_(F.normalize(torch.from_numpy(centres), dim=1).to(self.device))
         print(f"warm start from {path} (version {source.version}); head imprinted from {len(rows)} images",
               flush=True)
+        if isinstance(self.distiller, ProjectedDistillation):
+            self.fit_projection(rows, emb)
         ancestry = source.training.get("init")  # what the source was itself fine-tuned from, if anything
         return {"path": str(path), "version": source.version, "epochs_done": source.training.get("epochs_done"),
                 "wall_seconds": source.training.get("wall_seconds"), **({"init": ancestry} if ancestry else {})}
+
+    def fit_projection(self, rows: np.ndarray, emb: np.ndarray) -> None:
+        """Start the 512->128 projection at the least-squares map from the warm backbone's
+        embeddings to the teacher's vectors (ridge, on the imprint rows that have one). A random
+        projection starts the term near 1 - 0 = 1, and its gradient, times a large weight, hits
+        a trained backbone before the projection has learnt anything: the same reason the head
+        is imprinted."""
+        have = self.teacher_have[rows]
+        if have.sum() < 2:
+            return
+        x, y = emb[have].astype(np.float64), self.teacher[rows][have].astype(np.float64)
+        ridge = 1e-3 * len(x) * np.eye(x.shape[1])
+        weight = np.linalg.solve(x.T @ x + ridge, x.T @ y).T  # (128, 512), as nn.Linear stores it
+        student = torch.from_numpy(emb).float().to(self.device)
+        teacher = torch.from_numpy(self.teacher[rows]).float().to(self.device)
+        mask = torch.from_numpy(have).to(self.device)
+        with torch.no_grad():
+            before = self.distiller(student, teacher, mask).item()
+            self.distiller.project.weight.copy_(torch.from_numpy(weight).float().to(self.device))
+            after = self.distiller(student, teacher, mask).item()
+        print(f"projection fitted to the teacher on {int(have.sum())} images: 1 - cosine {before:.3f} -> {after:.3f}",
+              flush=True)
 
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,6 +325,29 @@ def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, t
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["distiller"]
 
 
+def test_the_teacher_cache_is_found_however_the_folder_is_typed(synthetic_celeba, tmp_path, monkeypatch):
+    """`trainer teacher --data /abs/celeba1k` then `fit --data ../rel/celeba1k`: the same cache
+    (once a different key, and every celeba1k image silently went untaught). A source with no
+    cache at all is an error naming the command that fills it."""
+    from recognizer.preprocess import AlignmentRecipe
+    from trainer import teacher as teacher_mod
+
+    absolute = discover(synthetic_celeba)
+    key = teacher_mod.cache_key(absolute, AlignmentRecipe().crop_box)
+    vectors = np.random.default_rng(0).normal(size=(len(absolute.paths), 128)).astype(np.float32)
+    teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, np.ones(len(vectors), bool))
+    monkeypatch.chdir(synthetic_celeba.parent)
+    relative = Path(synthetic_celeba.name)
+    typed = discover(relative)
+    assert not typed.paths[0].is_absolute()
+    _, have = teacher_mod.targets_for(typed.paths, [relative], tmp_path)
+    assert have.all()
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_celeba, other)
+    with pytest.raises(ValueError, match="trainer teacher --data"):
+        teacher_mod.targets_for(typed.paths, [relative, other], tmp_path)
+
+
 def test_a_warm_start_fits_the_projection_to_the_teacher(tiny_model, synthetic_celeba, tmp_path, capsys):
     """`fit --init` with a projected teacher: the 512->128 map starts at the least-squares fit of
     the warm backbone to the teacher, so the term starts far below a random map's."""
@@ -362,6 +387,9 @@ def test_single_image_people_are_taught_by_the_teacher_alone(synthetic_celeba, t
     vectors = rng.normal(size=(len(dataset.paths), 128)).astype(np.float32)
     key = teacher_mod.cache_key(dataset, AlignmentRecipe().crop_box)
     teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, np.ones(len(vectors), bool))
+    main = discover(synthetic_celeba)  # every source needs a cache (none at all is an error)
+    teacher_mod._save(tmp_path / "teacher" / f"{teacher_mod.cache_key(main, AlignmentRecipe().crop_box)}-0of1.npz",
+                      rng.normal(size=(len(main.paths), 128)).astype(np.float32), np.ones(len(main.paths), bool))
     config = get_config("tiny", epochs=1, distill="relation", distill_weight=10.0, distill_singletons=True)
     with pytest.raises(ValueError, match="distill_singletons"):
         Trainer(synthetic_celeba, get_config("tiny", distill_singletons=True), tmp_path / "bad", cache_dir=None)

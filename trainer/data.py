@@ -52,6 +52,14 @@ class Dataset:
         return np.array([index[n] for n in self.identities], dtype=np.int64)
 
 
+def canonical_paths(dataset: Dataset) -> list[str]:
+    """The images' paths under the dataset's resolved root: what cache keys are made of, so
+    ``../shared/data/celeba1k`` and ``/work/shared/data/celeba1k`` name the same cache (a key
+    from the paths as typed once left a teacher cache silently unused)."""
+    root = dataset.root.resolve()
+    return [str(root / p.relative_to(dataset.root)) for p in dataset.paths]
+
+
 def discover(root: str | os.PathLike, limit_identities: int | None = None) -> Dataset:
     """Find the layout of ``root`` and list its images (optionally only the first N identities)."""
     root = Path(root)
@@ -151,7 +159,7 @@ def _crop_one(path: Path, layout: str, recipe: AlignmentRecipe, detector) -> np.
 def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """(crops NxHxWx3 uint8, ok mask) for every image, decoded and aligned once and cached
     on disk under a key made of the file list and the recipe."""
-    key_src = json.dumps([dataset.layout, recipe.to_dict(), [str(p) for p in dataset.paths]])
+    key_src = json.dumps([dataset.layout, recipe.to_dict(), canonical_paths(dataset)])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from recognizer.images import load_image
 from recognizer.preprocess import AlignmentRecipe
 
-from .data import Dataset, discover
+from .data import Dataset, canonical_paths, discover
 
 TEACHER_DIM = 128
 SAVE_EVERY = 500
@@ -66,7 +66,7 @@ class DlibTeacher:
 
 def cache_key(dataset: Dataset, box: tuple[int, int, int, int]) -> str:
     """Names the image list and how dlib was given the face: another list or box misses."""
-    src = json.dumps(["dlib-frame-box", list(box), [str(p) for p in dataset.paths]])
+    src = json.dumps(["dlib-frame-box", list(box), canonical_paths(dataset)])
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
@@ -136,6 +136,9 @@ def targets_for(paths: list[Path], sources: list[Path], cache_dir: str | os.Path
     for source in sources:
         dataset = discover(source)
         vectors, have = load(dataset, cache_dir, recipe)
+        if not have.any():  # a partial cache is fine (those rows get no term); none at all is a mistake
+            raise ValueError(f"no teacher vectors cached for {source} under {cache_dir}: run "
+                             f"`python -m trainer teacher --data {source}` first (or train without --set distill)")
         lookup.update({str(p): v for p, v, h in zip(dataset.paths, vectors, have) if h})
     out = np.zeros((len(paths), TEACHER_DIM), np.float32)
     have = np.array([str(p) in lookup for p in paths], bool)

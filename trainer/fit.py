@@ -135,13 +135,18 @@ def plot_curves(history: list[dict], path: Path) -> None:
     taught = any("distill_loss" in h for h in history)
     ax1.plot(epochs, [h["loss"] for h in history], "o-",
              label="total loss (CosFace + weight x distillation)" if taught else "CosFace loss")
-    if taught:
-        ax1.plot(epochs, [h.get("distill_loss", float("nan")) for h in history], "s--",
-                 label="distillation term toward dlib (unweighted)")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.grid(alpha=0.3)
-    ax1.legend()
+    handles, labels = ax1.get_legend_handles_labels()
+    if taught:  # its own axis: unweighted it is ~100x smaller than the total
+        twin = ax1.twinx()
+        twin.plot(epochs, [h.get("distill_loss", float("nan")) for h in history], "s--", color="tab:orange",
+                  label="distillation term toward dlib (unweighted, right axis)")
+        twin.set_ylabel("distillation term")
+        more, names = twin.get_legend_handles_labels()
+        handles, labels = handles + more, labels + names
+    ax1.legend(handles, labels, fontsize=8)
     for key, label in [("train_accuracy", "train accuracy"), ("closed_top1", "closed-set top-1 (held-out images)"),
                        ("open_tar@far=0.01", "open-set TAR @ FAR 1e-2"), ("open_tar@far=0.001", "open-set TAR @ FAR 1e-3")]:
         ax2.plot(epochs, [h.get(key, float("nan")) for h in history], "o-", label=label)

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from . import common
+from .enroll_queue import submit_and_wait
 from .service_stack import Stack
 
 # The README's photos (celeba1k/img_align_celeba/<file>.jpg).
@@ -25,26 +26,12 @@ PROBES = [("Ada", f) for f in ("022511", "027855", "031576")] + \
          [("Bob", f) for f in ("024132", "031792", "045696")] + [(None, "000706")]
 
 
-def follow(base: str, job_id: str, timeout: float = 300.0) -> dict:
-    """GET /v1/jobs/<id> until it is finished or failed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()
-        if job.get("status") in ("finished", "failed", "stopped", "canceled"):
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} not done after {timeout:.0f} s")
-
-
 def run(base: str, photos: Path) -> list[dict]:
-    """Enroll, then identify every probe; one dict per probe."""
-    for name, files in ENROLL.items():
-        upload = [("images", (f"{f}.jpg", (photos / f"{f}.jpg").read_bytes(), "image/jpeg")) for f in files]
-        r = requests.post(f"{base}/v1/enroll", data={"name": name}, files=upload, timeout=60)
-        r.raise_for_status()
-        job = follow(base, r.json()["job_id"])
-        if job["status"] != "finished" or job.get("summary", {}).get("enrolled") != len(files):
-            raise RuntimeError(f"enrolling {name}: {job}")
+    """Enroll (the background jobs, followed to their end), then identify every probe; one dict per probe."""
+    jobs = [(name, [(photos / f"{f}.jpg").read_bytes() for f in files]) for name, files in ENROLL.items()]
+    done = submit_and_wait(base, jobs, timeout=300.0)
+    if done["job_statuses"] != {"finished": len(jobs)} or done["image_statuses"].get("enrolled") != done["images"]:
+        raise RuntimeError(f"enrolling: {done}")
     rows = []
     for truth, f in PROBES:
         r = requests.post(f"{base}/v1/identify", files={"image": (f"{f}.jpg", (photos / f"{f}.jpg").read_bytes(),

@@ -59,6 +59,14 @@ def test_random_erase_erases_one_rectangle_in_the_asked_share_of_samples():
     assert torch.equal(random_erase(batch, torch.Generator().manual_seed(0), p=0.0), batch)
 
 
+def test_an_explicit_none_override_reaches_the_config():
+    from trainer.configs import config_from_cli
+
+    config = config_from_cli("tiny", None, ["limit_identities=none", "distill=projection"])
+    assert config.limit_identities is None and config.distill == "projection" and config.epochs == 2
+    assert config_from_cli("tiny", 5, []).epochs == 5
+
+
 def test_config_overrides_are_typed_and_checked():
     got = parse_overrides(["random_erase=0.5", "epochs=8", "input_size=112,96", "augment=false", "precision=fp32"])
     assert got == {"random_erase": 0.5, "epochs": 8, "input_size": (112, 96), "augment": False, "precision": "fp32"}

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--epochs", type=int, default=None, help="override the config's epoch count")
     fit.add_argument("--until", type=int, default=None, metavar="N",
                      help="stop after epoch N (the schedule still spans --epochs); continue later with --resume")
+    fit.add_argument("--budget-minutes", type=float, default=None, metavar="M",
+                     help="fit the schedule into M minutes: after epoch 1, keep only the epochs that fit at its "
+                          "speed (for a machine lent for a fixed time)")
     fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override any config field, e.g. --set random_erase=0.5 (repeatable; for ablations)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -60,6 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     rel.add_argument("--force", action="store_true", help="release even if fp16 disagrees with fp32")
     rel.add_argument("--threads", type=int, default=None)
 
+    bun = sub.add_parser("bundle", help="carry training caches to a lent machine, and its model back, in parts")
+    bun_sub = bun.add_subparsers(dest="action", required=True)
+    bpack = bun_sub.add_parser("pack", help="cached crops (WebP) + teacher vectors -> OUT/p0, OUT/p1, ...")
+    bpack.add_argument("--data", required=True, action="append", help="a source as given to fit; repeatable, in order")
+    bpack.add_argument("--input-size", default="96,80", help="the config's input size, H,W (default 96,80)")
+    bpack.add_argument("--out", required=True, help="an ignored folder (parts hold face data: never commit them)")
+    bpack.add_argument("--part-mib", type=float, default=55.0)
+    bpack.add_argument("--quality", type=int, default=90, help="WebP quality (90: mean error ~2 of 255)")
+    bpack.add_argument("--cache", default=".cache")
+    bunpack = bun_sub.add_parser("unpack", help="parts -> the same caches, with placeholder sources")
+    bunpack.add_argument("parts", nargs="+", help="every part folder, p0 among them")
+    bunpack.add_argument("--cache", default=".cache")
+    bshrink = bun_sub.add_parser("shrink", help="a run's model.pt -> fp16, in OUT/model.part-K pieces")
+    bshrink.add_argument("--model", required=True)
+    bshrink.add_argument("--out", required=True)
+    bshrink.add_argument("--piece-mib", type=float, default=15.0)
+    bjoin = bun_sub.add_parser("join", help="model.part-K pieces -> one verified model file")
+    bjoin.add_argument("folder")
+    bjoin.add_argument("--out", required=True)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -75,18 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.command == "fit":
-        from .configs import get_config, parse_overrides
+        from .configs import config_from_cli
         from .fit import Trainer
 
         name = args.config or ("gpu" if torch.cuda.is_available() else "cpu")
+        if args.budget_minutes is not None and args.budget_minutes <= 0:
+            print("python -m trainer fit: --budget-minutes must be positive", file=sys.stderr)
+            return 2
         try:
-            config = get_config(name, epochs=args.epochs, **parse_overrides(args.set))
+            config = config_from_cli(name, args.epochs, args.set)
         except (KeyError, ValueError) as exc:
             print(f"python -m trainer fit: {exc.args[0]}", file=sys.stderr)
             return 2
         Trainer(args.data, config, args.out, resume=args.resume, cache_dir=args.cache or None,
                 device=args.device, extra_dirs=args.extra,
-                teacher_cache=args.teacher_cache, init=args.init).fit(until=args.until)
+                teacher_cache=args.teacher_cache, init=args.init).fit(
+                    until=args.until, budget_seconds=args.budget_minutes * 60 if args.budget_minutes else None)
         return 0
     if args.command == "prepare":
         from .prepare import prepare
@@ -108,6 +135,24 @@ def main(argv: list[str] | None = None) -> int:
                          photos=Path(args.photos) if args.photos else None)
         print(json.dumps({k: report[k] for k in ("version", "file_bytes", "agreement", "celeba_ir")}, indent=1,
                          default=float))
+        return 0
+    if args.command == "bundle":
+        from . import bundle
+
+        try:
+            if args.action == "pack":
+                size = tuple(int(v) for v in args.input_size.split(","))
+                result = bundle.pack(args.data, size, args.out, args.cache, args.cache, args.part_mib, args.quality)
+            elif args.action == "unpack":
+                result = bundle.unpack(args.parts, args.cache, args.cache)
+            elif args.action == "shrink":
+                result = bundle.shrink(args.model, args.out, args.piece_mib)
+            else:
+                result = {"version": bundle.join(args.folder, args.out), "model": args.out}
+        except (bundle.BundleError, FileNotFoundError, ValueError) as exc:
+            print(f"python -m trainer bundle {args.action}: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result))
         return 0
     from .evaluate import run_evaluation
 

@@ -105,3 +105,12 @@ def get_config(name: str, **overrides) -> TrainConfig:
         raise KeyError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(CONFIGS[name], **overrides)
+
+
+def config_from_cli(name: str, epochs: int | None, items: list[str]) -> TrainConfig:
+    """The config ``fit`` trains with: ``--epochs`` when given, then the ``--set`` overrides,
+    an explicit ``FIELD=none`` included (``get_config`` reads None as "not given", which once
+    left ``--set limit_identities=none`` silently at the tiny config's 8 identities)."""
+    overrides = parse_overrides(items)
+    config = get_config(name, epochs=epochs, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(config, **{k: v for k, v in overrides.items() if v is None})

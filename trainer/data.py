@@ -156,12 +156,17 @@ def _crop_one(path: Path, layout: str, recipe: AlignmentRecipe, detector) -> np.
     return resize_to_input(align_face(image, np.array(faces[0].landmarks), recipe), recipe)
 
 
+def crops_cache_path(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.PathLike) -> Path:
+    """Where :func:`load_crops` keeps this dataset's crops: the key names the layout, the recipe
+    and the file list, so another list or recipe misses instead of reading stale crops."""
+    key_src = json.dumps([dataset.layout, recipe.to_dict(), canonical_paths(dataset)])
+    return Path(cache_dir) / f"crops-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.npz"
+
+
 def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """(crops NxHxWx3 uint8, ok mask) for every image, decoded and aligned once and cached
     on disk under a key made of the file list and the recipe."""
-    key_src = json.dumps([dataset.layout, recipe.to_dict(), canonical_paths(dataset)])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"crops-{key}.npz" if cache_dir else None
+    cache = crops_cache_path(dataset, recipe, cache_dir) if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
             return data["crops"], data["ok"]

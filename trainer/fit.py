@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -171,6 +172,8 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest kernels once
         if threads:
             torch.set_num_threads(threads)
         checkpoint = None
@@ -230,6 +233,7 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, self.config))
         self.start_epoch = 1
         self.history: list[dict] = []
+        self.budget: dict = dict(checkpoint.get("budget") or {}) if checkpoint else {}
         self.init = dict(checkpoint.get("init") or {}) if checkpoint else {}
         if init is not None and not checkpoint:
             self.init = self.warm_start(Path(init))
@@ -410,6 +414,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "config": self.config.to_dict(), "splits": self.main_splits.to_dict(), "history": self.history,
             "extra_sources": [str(d) for d in self.extra_dirs], "rng": rng_state(), "init": self.init,
+            "budget": self.budget,
         }
         atomic_write(self.out / "checkpoint.pt", lambda tmp: torch.save(checkpoint, tmp))
 
@@ -422,7 +427,8 @@ class Trainer:
                    "train_images": int(len(self.splits.train)),
                    "train_identities": int(len(self.class_index)),
                    "wall_seconds": float(sum(h.get("train_seconds", 0) + h.get("eval_seconds", 0) for h in self.history)),
-                   "last_epoch": last, **({"init": self.init} if self.init else {})}
+                   "last_epoch": last, **({"init": self.init} if self.init else {}),
+                   **({"budget": self.budget} if self.budget else {})}
         artifact = self._artifact(summary)
         if calibrate:
             cal = self.calibrate(artifact)
@@ -435,19 +441,37 @@ class Trainer:
         artifact.save(self.out / "model.pt")
         return artifact
 
-    def fit(self, until: int | None = None) -> ModelArtifact | None:
+    def fit_budget(self, epoch: int, elapsed: float, budget_seconds: float) -> None:
+        """Shorten the run to the epochs that fit in ``budget_seconds``, judged by the epochs so far
+        (this session's first takes longest: kernel choice, caches), so the cosine schedule still
+        reaches zero inside a borrowed machine's time instead of being cut off mid-way. The
+        schedule reads ``self.config``, so later steps follow the new length."""
+        done = epoch - self.start_epoch + 1
+        per_epoch = elapsed / done
+        fit = epoch + int(max(0.0, budget_seconds - elapsed) // per_epoch)
+        asked = self.config.epochs
+        self.budget = {"seconds": budget_seconds, "epochs_asked": asked, "seconds_per_epoch": round(per_epoch, 1)}
+        if fit < asked:
+            self.config = replace(self.config, epochs=fit)
+            print(f"budget {budget_seconds:.0f} s at {per_epoch:.1f} s an epoch: {fit} epochs instead of {asked}",
+                  flush=True)
+
+    def fit(self, until: int | None = None, budget_seconds: float | None = None) -> ModelArtifact | None:
         """Train to the config's last epoch, or stop after epoch ``until`` (a time-boxed session;
-        ``resume=True`` later continues exactly where it stopped). Returns the final artifact,
-        or None when stopped early (each epoch's ``model.pt`` is still written)."""
+        ``resume=True`` later continues exactly where it stopped). ``budget_seconds`` instead fixes
+        the epoch count after the first epoch, from its speed (:meth:`fit_budget`). Returns the
+        final artifact, or None when stopped early (each epoch's ``model.pt`` is still written)."""
         config = self.config
         last_epoch = min(config.epochs, until) if until else config.epochs
+        started = time.time()
         print(f"training {config.name}: {len(self.splits.train)} images of {len(self.class_index)} identities, "
               f"{len(self.splits.closed_val)} closed-set and {len(self.splits.open_set)} open-set images, "
               f"input {config.input_size}, device {self.device}, "
               f"precision {self.precision} ({self.precision_reason}), "
               f"epochs {self.start_epoch}..{config.epochs}", flush=True)
         artifact = None
-        for epoch in range(self.start_epoch, last_epoch + 1):
+        epoch = self.start_epoch
+        while epoch <= last_epoch:
             row = {"epoch": epoch, **self.train_epoch(epoch), **self.evaluate()}
             self.history.append(row)
             warn_if_slowed(self.history)
@@ -457,6 +481,15 @@ class Trainer:
             self.save_checkpoint(epoch)
             plot_curves(self.history, self.out / "curves.png")
             artifact = self.write_artifact(calibrate=epoch == config.epochs)
+            if budget_seconds and epoch == self.start_epoch:  # timed with its saves: they recur
+                self.fit_budget(epoch, time.time() - started, budget_seconds)
+                if self.config.epochs != config.epochs:
+                    config = self.config
+                    last_epoch = min(config.epochs, until) if until else config.epochs
+                    self.save_checkpoint(epoch)
+                    if epoch == config.epochs:
+                        artifact = self.write_artifact(calibrate=True)
+            epoch += 1
         if last_epoch < config.epochs:
             print(f"stopped after epoch {last_epoch} of {config.epochs}; continue with --resume", flush=True)
             return None

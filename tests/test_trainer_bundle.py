@@ -37,7 +37,9 @@ def test_a_packed_cache_rebuilds_where_no_image_exists_and_trains(synthetic_cele
     parts = [tmp_path / "bundle" / p for p in summary["parts"]]
     with pytest.raises(bundle.BundleError, match="missing"):
         bundle.unpack(parts[:-1], tmp_path / "there", tmp_path / "there")
-    bundle.unpack(parts, tmp_path / "there", tmp_path / "there")
+    assert bundle.unpack(parts, tmp_path / "there", tmp_path / "there")["kept_existing"] == []
+    again = bundle.unpack(parts, tmp_path / "there", tmp_path / "there")  # a retry keeps what is there
+    assert again["kept_existing"] == [crops_cache_path(discover(source), recipe, tmp_path / "there").name]
 
     rebuilt = discover(source)
     assert [p.stat().st_size for p in rebuilt.paths] == [0] * len(dataset.paths)  # placeholders only

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--until", type=int, default=None, metavar="N",
                      help="stop after epoch N (the schedule still spans --epochs); continue later with --resume")
     fit.add_argument("--budget-minutes", type=float, default=None, metavar="M",
-                     help="fit the schedule into M minutes: after epoch 1, keep only the epochs that fit at its "
-                          "speed (for a machine lent for a fixed time)")
+                     help="fit the epochs into M minutes (loading and --init come before): after epoch 1, keep "
+                          "only the epochs that fit at its speed (for a machine lent for a fixed time)")
     fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="override any config field, e.g. --set random_erase=0.5 (repeatable; for ablations)")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -112,7 +112,9 @@ def pack(sources: Sequence[str | os.PathLike], input_size: tuple[int, int], out:
 
 def unpack(parts: Sequence[str | os.PathLike], cache_dir: str | os.PathLike = ".cache",
            teacher_cache: str | os.PathLike = ".cache") -> dict:
-    """Rebuild the packed caches (and the placeholder sources their keys are made of)."""
+    """Rebuild the packed caches (and the placeholder sources their keys are made of). A cache
+    that already exists is kept, never overwritten: on the machine the bundle came from it holds
+    the lossless crops, and a second unpack there is a retry."""
     folders = [Path(p) for p in parts]
     heads = [f for f in folders if (f / MANIFEST).is_file()]
     if len(heads) != 1:
@@ -130,6 +132,7 @@ def unpack(parts: Sequence[str | os.PathLike], cache_dir: str | os.PathLike = ".
             filled[source[j]][row[j]] = True
     with np.load(heads[0] / TEACHER_FILE) as saved:
         teacher_arrays = {k: saved[k] for k in saved.files}
+    kept: list[str] = []
     for s, src in enumerate(manifest["sources"]):
         ok = np.zeros(len(src["paths"]), bool)
         ok[src["ok"]] = True
@@ -150,14 +153,19 @@ def unpack(parts: Sequence[str | os.PathLike], cache_dir: str | os.PathLike = ".
         if cache.name != src["crops_cache"] or key != src["teacher_key"]:
             raise BundleError(f"{root}: the rebuilt image list gives other cache keys ({cache.name}, {key}) than "
                               f"where it was packed ({src['crops_cache']}, {src['teacher_key']})")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, crops=crops[s], ok=ok)
-        os.replace(tmp, cache)
-        if src["teacher"]:
+        if cache.is_file():
+            kept.append(cache.name)
+        else:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, crops=crops[s], ok=ok)
+            os.replace(tmp, cache)
+        shards = list((Path(teacher_cache) / "teacher").glob(f"{key}-*of*.npz"))
+        if src["teacher"] and not shards:
             target = Path(teacher_cache) / "teacher" / f"{key}-0of1.npz"
             teacher._save(target, teacher_arrays[f"{key}:vectors"].astype(np.float32), teacher_arrays[f"{key}:done"])
-    return {"sources": [s["root"] for s in manifest["sources"]], "crops": int(sum(f.sum() for f in filled))}
+    return {"sources": [s["root"] for s in manifest["sources"]], "crops": int(sum(f.sum() for f in filled)),
+            "kept_existing": kept}
 
 
 def shrink(model: str | os.PathLike, out: str | os.PathLike, piece_mib: float = 15.0) -> dict:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ._torchvision_shim import import_facenet_pytorch
-from .artifact import ModelArtifact
+from .artifact import ModelArtifact, content_hash
 from .errors import ModelArtifactError
 from .preprocess import AlignmentRecipe, to_tensor
 
@@ -55,7 +55,10 @@ class Embedder:
             from .onnx_runtime import OnnxNetwork
 
             example = torch.zeros(2, 3, *self.recipe.input_size)
-            self._onnx = OnnxNetwork(self.model, f"embedder-{artifact.version}", example, torch.get_num_threads())
+            # the graph cache is keyed by version; a model not yet saved has none, so hash its weights
+            # (an empty key would hand every unsaved model the first one's graph)
+            version = artifact.version or content_hash(artifact.metadata(), artifact.state_dict)
+            self._onnx = OnnxNetwork(self.model, f"embedder-{version}", example, torch.get_num_threads())
 
     @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:

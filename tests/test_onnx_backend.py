@@ -31,6 +31,27 @@ def test_onnx_embeddings_equal_torch(tiny_model, astronaut, tmp_path, monkeypatc
     np.testing.assert_allclose(again.embed(crops), b, atol=1e-6)
 
 
+def test_models_not_yet_saved_get_graphs_of_their_own(tiny_model, tmp_path, monkeypatch):
+    """A model built in memory (``trainer average`` measures one before saving it) has no version
+    yet; a second such model must not be handed the first one's cached graph."""
+    import torch
+
+    from recognizer.artifact import ModelArtifact
+
+    monkeypatch.setenv("FACEREC_CACHE", str(tmp_path / "cache"))
+    base = ModelArtifact.load(tiny_model)
+    unsaved = [ModelArtifact(state_dict={k: v * scale if k.endswith("conv.weight") else v
+                                         for k, v in base.state_dict.items()},
+                             recipe=base.recipe, threshold=base.threshold) for scale in (1.0, -1.0)]
+    assert all(a.version == "" for a in unsaved)
+    crops = np.stack([Recognizer(tiny_model).prepare(np.asarray(synthetic_face(i, 0)), "frame") for i in range(3)])
+    for artifact in unsaved:
+        np.testing.assert_allclose(Recognizer(artifact, backend="onnx").embed(crops),
+                                   Recognizer(artifact).embed(crops), atol=1e-4)
+    assert len(list((tmp_path / "cache").glob("embedder-*.onnx"))) == 2
+    assert torch.equal(base.state_dict["conv2d_1a.conv.weight"], unsaved[0].state_dict["conv2d_1a.conv.weight"])
+
+
 def test_onnx_detector_finds_the_same_faces(tiny_model, astronaut, tmp_path, monkeypatch):
     from recognizer.detector import FaceDetector
 

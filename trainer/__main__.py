@@ -83,6 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     bjoin.add_argument("folder")
     bjoin.add_argument("--out", required=True)
 
+    avg = sub.add_parser("average", help="a model as a weighted sum of models' weights (a soup, or extrapolation), "
+                                        "calibrated on the held-out identities")
+    avg.add_argument("--model", required=True, action="append", help="a model file; repeatable, two or more")
+    avg.add_argument("--weights", required=True, help="one per --model, summing to 1: 0.5,0.5 or 1.5,-0.5")
+    avg.add_argument("--celeba1k", required=True, help="the training set: the threshold is set on its held-out people")
+    avg.add_argument("--out", required=True, help="where the new model.pt goes (e.g. runs/NAME/model.pt)")
+    avg.add_argument("--bn-images", type=int, default=0, metavar="N",
+                     help="re-estimate BatchNorm statistics on N training images (0: combine them like the weights)")
+    avg.add_argument("--cache", default=".cache")
+    avg.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                     help="the serving embedder's backend for the measurement (onnx: same figures, faster on CPU)")
+    avg.add_argument("--threads", type=int, default=None)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -135,6 +148,24 @@ def main(argv: list[str] | None = None) -> int:
                          photos=Path(args.photos) if args.photos else None)
         print(json.dumps({k: report[k] for k in ("version", "file_bytes", "agreement", "celeba_ir")}, indent=1,
                          default=float))
+        return 0
+    if args.command == "average":
+        from pathlib import Path
+
+        from .average import average_models, calibrate, reestimate_batchnorm, training_crops
+
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+            artifact = average_models([Path(m) for m in args.model], weights)
+            if args.bn_images > 0:
+                reestimate_batchnorm(artifact, training_crops(artifact, Path(args.celeba1k), args.cache or None,
+                                                              args.bn_images))
+        except ValueError as exc:
+            print(f"python -m trainer average: {exc}", file=sys.stderr)
+            return 2
+        report = calibrate(artifact, Path(args.celeba1k), args.cache or None, Path(args.out), args.backend)
+        print(json.dumps({"version": artifact.version, "threshold": artifact.threshold,
+                          "closed_set": report["closed_set"], "open_set": report["open_set"]}, default=float))
         return 0
     if args.command == "bundle":
         from . import bundle

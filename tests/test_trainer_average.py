@@ -31,7 +31,7 @@ def test_weights_combine_every_float_tensor_and_keep_the_counter_of_the_first():
 
 @pytest.mark.parametrize("states, weights, message", [
     ([_state(1.0), _state(2.0)], [0.7, 0.7], "sum to 1"),
-    ([_state(1.0)], [1.0], "two or more"),
+    ([_state(1.0)], [0.5, 0.5], "one weight per model"),
     ([_state(1.0), {"conv.weight": torch.zeros(2, 3)}], [0.5, 0.5], "other layers"),
     ([_state(1.0), {**_state(2.0), "conv.weight": torch.zeros(3, 2)}], [0.5, 0.5], "shape"),
 ])
@@ -83,6 +83,9 @@ def test_bad_weights_are_a_clear_usage_error(tiny_model, synthetic_celeba, tmp_p
     assert main(["average", "--model", str(tiny_model), "--model", str(tiny_model), "--weights", "1,1",
                  "--celeba1k", str(synthetic_celeba), "--out", str(out)]) == 2
     assert "sum to 1" in capsys.readouterr().err and not out.exists()
+    assert main(["average", "--model", str(tiny_model), "--weights", "1",
+                 "--celeba1k", str(synthetic_celeba), "--out", str(out)]) == 2
+    assert "--bn-images" in capsys.readouterr().err and not out.exists()
     assert main(["average", "--model", str(tiny_model), "--weights", "abc",
                  "--celeba1k", str(synthetic_celeba), "--out", str(out)]) == 2
     assert not out.exists()
@@ -134,3 +137,25 @@ def test_batchnorm_images_come_from_the_training_split_only(tiny_model, syntheti
     assert len(drawn) == len(sp.train)
     held_out = {crops[i].tobytes() for i in np.concatenate([sp.closed_val, sp.open_set])}
     assert not held_out & {c.tobytes() for c in drawn}
+
+
+def test_the_card_says_a_model_was_combined_and_from_what():
+    from trainer.release import averaged_note
+
+    training = {"averaged_from": [{"version": "aaa", "weight": 1.5}, {"version": "bbb", "weight": -0.5}],
+                "batchnorm": "re-estimated on 4096 training images and their mirrors"}
+    note = averaged_note(training)
+    assert "--weights 1.5,-0.5 --bn-images 4096" in note and "1.5 x `aaa` - 0.5 x `bbb`" in note
+    assert "combined like the weights" in averaged_note({**training, "batchnorm": None})
+    assert averaged_note({"config": {}}) == ""  # a trained model's card is unchanged
+
+
+def test_one_model_alone_gets_its_batchnorm_statistics_measured_again(tiny_model, synthetic_celeba, tmp_path):
+    out = tmp_path / "precise.pt"
+    assert main(["average", "--model", str(tiny_model), "--weights", "1", "--bn-images", "32",
+                 "--celeba1k", str(synthetic_celeba), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    before, after = ModelArtifact.load(tiny_model).state_dict, ModelArtifact.load(out)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(after.state_dict[k], before[k].float()) for k in before if not k.endswith(stats))
+    assert not torch.equal(after.state_dict["conv2d_1a.bn.running_mean"], before["conv2d_1a.bn.running_mean"])
+    assert "32 training images" in after.training["batchnorm"]

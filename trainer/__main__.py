@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     avg = sub.add_parser("average", help="a model as a weighted sum of models' weights (a soup, or extrapolation), "
                                         "calibrated on the held-out identities")
-    avg.add_argument("--model", required=True, action="append", help="a model file; repeatable, two or more")
+    avg.add_argument("--model", required=True, action="append", help="a model file; repeatable (one alone: with --bn-images)")
     avg.add_argument("--weights", required=True, help="one per --model, summing to 1: 0.5,0.5 or 1.5,-0.5")
     avg.add_argument("--celeba1k", required=True, help="the training set: the threshold is set on its held-out people")
     avg.add_argument("--out", required=True, help="where the new model.pt goes (e.g. runs/NAME/model.pt)")
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             weights = [float(w) for w in args.weights.split(",")]
+            if len(args.model) == 1 and args.bn_images <= 0:
+                raise ValueError("one model alone is only changed by --bn-images N (its BatchNorm statistics)")
             artifact = average_models([Path(m) for m in args.model], weights)
             if args.bn_images > 0:
                 reestimate_batchnorm(artifact, training_crops(artifact, Path(args.celeba1k), args.cache or None,

@@ -4,7 +4,8 @@ Where two fine-tunes of one model lie in one basin, a point between them (weight
 "soup") or past the later one along the line between them (1.5/-0.5: extrapolation, as if the
 later fine-tune had gone further the same way) is itself a model, made without a training step;
 whether they do is measured, not assumed (docs/BENCHMARKS.md). The weights must sum to 1, so a
-combination of one model with itself is that model. BatchNorm running statistics are either
+combination of one model with itself is that model, and one model alone (weight 1) with
+``--bn-images`` is that model with its statistics measured again. BatchNorm running statistics are either
 combined the same way (a variance pushed to zero or below by extrapolation is raised to a floor,
 and how many were is printed) or measured again on training images (``--bn-images``,
 :func:`reestimate_batchnorm`): a combined network's activations need not have the statistics either
@@ -33,8 +34,8 @@ def combine_state(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[f
     """``sum(w * state)`` for every floating-point tensor (in fp32); integer tensors (BatchNorm's
     batch counter) come from the first state. Returns the state and how many variance entries were
     raised to :data:`VAR_FLOOR`."""
-    if len(states) != len(weights) or len(states) < 2:
-        raise ValueError(f"need two or more models, one weight each (got {len(states)} models, {len(weights)} weights)")
+    if len(states) != len(weights) or not states:
+        raise ValueError(f"need one weight per model (got {len(states)} models, {len(weights)} weights)")
     if abs(sum(weights) - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"weights must sum to 1 (got {sum(weights):g}): otherwise every layer is rescaled")
     keys = list(states[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -293,6 +294,23 @@ def init_note(init: dict | None) -> str:
     return "; fine-tuned from " + ", itself fine-tuned from ".join(links) if links else ""
 
 
+def averaged_note(training: dict) -> str:
+    """The recipe line's tail for a model made by ``trainer average``: which models, with which
+    weights, and where its BatchNorm statistics came from."""
+    sources = training.get("averaged_from")
+    if not sources:
+        return ""
+    terms = " ".join(f"{'-' if s['weight'] < 0 else '+'} {abs(s['weight']):g} x `{s['version']}`"
+                     for s in sources).lstrip("+ ")
+    weights = ",".join(f"{s['weight']:g}" for s in sources)
+    models = " ".join(f"--model <model {s['version']}>" for s in sources)
+    bn = training.get("batchnorm") or "combined like the weights"
+    count = re.search(r"on (\d+) training images", training.get("batchnorm") or "")
+    bn_flag = f" --bn-images {count.group(1)}" if count else ""
+    return (f"; then, with no training step, combined by `python -m trainer average {models} --weights {weights}"
+            f"{bn_flag}` into {terms} (the first model's recipe above; BatchNorm statistics {bn})")
+
+
 def render_card(report: dict) -> str:
     """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
     training = report.get("training", {})
@@ -319,7 +337,7 @@ def render_card(report: dict) -> str:
                                    for e in extra) or "none",
         "fit_command": fit_command(training),
         "distill": distill_note(config),
-        "init": init_note(training.get("init")),
+        "init": init_note(training.get("init")) + averaged_note(training),
         "cpu": training.get("machine", {}).get("cpu") or report.get("cpu", "not recorded"),
         "ir_005": _pct(ir["tpr@fpr=0.05"]), "ir_001": _pct(ir["tpr@fpr=0.01"]), "ir_0001": _pct(ir["tpr@fpr=0.001"]),
         "ir_auc": _pct(ir["roc_auc"]),

@@ -2,6 +2,7 @@
 calibrated on the held-out people like a trained one."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,25 @@ def test_one_model_alone_gets_its_batchnorm_statistics_measured_again(tiny_model
     assert all(torch.equal(after.state_dict[k], before[k].float()) for k in before if not k.endswith(stats))
     assert not torch.equal(after.state_dict["conv2d_1a.bn.running_mean"], before["conv2d_1a.bn.running_mean"])
     assert "32 training images" in after.training["batchnorm"]
+
+
+def test_a_fit_ends_with_batchnorm_statistics_of_clean_training_images(synthetic_celeba, tmp_path):
+    from trainer.configs import get_config
+    from trainer.fit import Trainer
+
+    config = replace(get_config("tiny"), bn_images=32)
+    artifact = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None).fit()
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["backbone"]
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    # the weights are the trained ones; only the statistics were measured again, and the training
+    # state (what --resume continues from) still has the running averages
+    assert all(torch.equal(artifact.state_dict[k], checkpoint[k]) for k in checkpoint if not k.endswith(stats))
+    assert not torch.equal(artifact.state_dict["last_bn.running_var"], checkpoint["last_bn.running_var"])
+    assert "32 training images" in ModelArtifact.load(tmp_path / "run" / "model.pt").training["batchnorm"]
+
+
+def test_with_bn_images_0_a_fit_keeps_the_running_averages(tiny_model):
+    artifact = ModelArtifact.load(tiny_model)
+    checkpoint = torch.load(tiny_model.parent / "checkpoint.pt", weights_only=True)["backbone"]
+    assert artifact.training["config"]["bn_images"] == 0 and "batchnorm" not in artifact.training
+    assert torch.equal(artifact.state_dict["last_bn.running_var"], checkpoint["last_bn.running_var"])

@@ -402,6 +402,18 @@ class Trainer:
         return {"threshold": thr, "threshold_source": f"FAR {THRESHOLD_FAR:g} on {len(neg)} held-out "
                 f"negative pairs ({len(np.unique(self.labels[sp.open_set]))} identities), TAR {tar:.3f}"}
 
+    def reestimate_batchnorm(self, artifact: ModelArtifact) -> None:
+        """The final model's BatchNorm statistics measured on ``bn_images`` clean training images
+        of the main source and their mirrors, as the serving embedder sees faces (the running
+        averages came from augmented batches). Only the artifact changes: the checkpoint keeps
+        the training state, so a resumed run continues exactly."""
+        from .average import reestimate_batchnorm
+
+        train = self.main_splits.train
+        rng = np.random.default_rng(self.config.seed)
+        rows = np.sort(rng.choice(train, size=min(self.config.bn_images, len(train)), replace=False))
+        reestimate_batchnorm(artifact, self.crops[rows])
+
     def _artifact(self, summary: dict) -> ModelArtifact:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         return ModelArtifact(state_dict=state, recipe=self.recipe, threshold=0.5, flip_average=True,
@@ -430,6 +442,8 @@ class Trainer:
                    "last_epoch": last, **({"init": self.init} if self.init else {}),
                    **({"budget": self.budget} if self.budget else {})}
         artifact = self._artifact(summary)
+        if calibrate and self.config.bn_images > 0:
+            self.reestimate_batchnorm(artifact)
         if calibrate:
             cal = self.calibrate(artifact)
         else:

@@ -64,6 +64,7 @@ def test_the_cli_writes_a_calibrated_model_that_records_its_sources(tiny_model, 
     assert [s["weight"] for s in sources] == [1.5, -0.5]
     assert sources[1]["version"] == ModelArtifact.load(other).version
     assert "trainer average" in made.training["threshold_source"]
+    assert "batchnorm" not in made.training and "released_from" not in made.training
     printed = capsys.readouterr().out
     assert f'"version": "{made.version}"' in printed and '"closed_set"' in printed
     # the threshold is where FAR 1e-3 falls for this model, not a copy of the first model's
@@ -149,6 +150,8 @@ def test_the_card_says_a_model_was_combined_and_from_what():
     assert "--weights 1.5,-0.5 --bn-images 4096" in note and "1.5 x `aaa` - 0.5 x `bbb`" in note
     assert "combined like the weights" in averaged_note({**training, "batchnorm": None})
     assert averaged_note({"config": {}}) == ""  # a trained model's card is unchanged
+    assert averaged_note({"batchnorm": "re-estimated on 4096 training images and their mirrors"}) == (
+        "; BatchNorm statistics re-estimated on 4096 training images and their mirrors")
 
 
 def test_one_model_alone_gets_its_batchnorm_statistics_measured_again(tiny_model, synthetic_celeba, tmp_path):

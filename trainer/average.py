@@ -72,7 +72,9 @@ def average_models(paths: Sequence[Path], weights: Sequence[float]) -> ModelArti
     state, floored = combine_state([s.state_dict for s in sources], weights)
     if floored:
         print(f"{floored} BatchNorm variance entries fell below {VAR_FLOOR:g} and were raised to it", flush=True)
-    training = {**{k: v for k, v in base.training.items() if k not in ("last_epoch", "budget")},
+    inherited = ("last_epoch", "budget", "batchnorm", "averaged_from", "variance_entries_floored",
+                 "threshold_source", "released_from", "weights_dtype")  # facts about the first file, not this one
+    training = {**{k: v for k, v in base.training.items() if k not in inherited},
                 "averaged_from": [{"version": s.version, "path": str(p), "weight": float(w)}
                                   for s, p, w in zip(sources, paths, weights)],
                 "variance_entries_floored": floored}

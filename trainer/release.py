@@ -295,11 +295,11 @@ def init_note(init: dict | None) -> str:
 
 
 def averaged_note(training: dict) -> str:
-    """The recipe line's tail for a model made by ``trainer average``: which models, with which
-    weights, and where its BatchNorm statistics came from."""
+    """The recipe line's tail for a model made by ``trainer average`` (which models, with which
+    weights) and for any model whose BatchNorm statistics were measured again (and on what)."""
     sources = training.get("averaged_from")
-    if not sources:
-        return ""
+    if not sources:  # a trained model: say so only if its final statistics were measured again
+        return f"; BatchNorm statistics {training['batchnorm']}" if training.get("batchnorm") else ""
     terms = " ".join(f"{'-' if s['weight'] < 0 else '+'} {abs(s['weight']):g} x `{s['version']}`"
                      for s in sources).lstrip("+ ")
     weights = ",".join(f"{s['weight']:g}" for s in sources)

@@ -24,7 +24,7 @@ from recognizer.artifact import ModelArtifact
 from recognizer.embedder import build_backbone
 from recognizer.preprocess import to_tensor
 
-from .data import discover, load_crops, make_splits
+from .data import model_split, sample_rows
 
 VAR_FLOOR = 1e-5
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -90,14 +90,8 @@ def training_crops(artifact: ModelArtifact, celeba1k: Path, cache_dir: str | Non
     config = artifact.training.get("config")
     if not config:
         raise ValueError("the first model carries no training config: its training split is unknown")
-    dataset = discover(celeba1k, config.get("limit_identities"))
-    crops, ok = load_crops(dataset, artifact.recipe, cache_dir)
-    if not ok.all():
-        raise ValueError(f"{int((~ok).sum())} images failed to decode; the split would shift")
-    train = make_splits(dataset.labels, int(config["open_identities"]), int(config["val_per_identity"]),
-                        int(config["seed"])).train
-    rng = np.random.default_rng(seed)
-    return crops[np.sort(rng.choice(train, size=min(count, len(train)), replace=False))]
+    crops, _, splits = model_split(config, celeba1k, artifact.recipe, cache_dir)
+    return crops[sample_rows(splits.train, count, seed)]
 
 
 @torch.no_grad()

@@ -193,6 +193,26 @@ def load_crops(dataset: Dataset, recipe: AlignmentRecipe, cache_dir: str | os.Pa
     return crops, ok
 
 
+def model_split(config: dict, root: str | os.PathLike, recipe: AlignmentRecipe,
+                cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray, Splits]:
+    """(crops, labels, splits) of the main source as a model recorded in its training ``config``
+    was trained on, rebuilt the way ``trainer fit`` built them; ``ValueError`` when an image fails
+    to decode here (the split's indices would shift)."""
+    dataset = discover(root, config.get("limit_identities"))
+    crops, ok = load_crops(dataset, recipe, cache_dir)
+    if not ok.all():
+        raise ValueError(f"{int((~ok).sum())} images failed to decode; split indices would shift")
+    splits = make_splits(dataset.labels, int(config["open_identities"]), int(config["val_per_identity"]),
+                         int(config["seed"]))
+    return crops, dataset.labels, splits
+
+
+def sample_rows(rows: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` of ``rows`` (all when fewer), seeded and in order."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, size=min(count, len(rows)), replace=False))
+
+
 def add_extra_sources(crops: np.ndarray, labels: np.ndarray, splits: Splits, extra_dirs: list[Path],
                       recipe: AlignmentRecipe, cache_dir: str | os.PathLike | None, min_images: int,
                       keep_below_min: bool = False) -> tuple[np.ndarray, np.ndarray, Splits, list[dict], list[Path],

@@ -27,7 +27,7 @@ from recognizer.preprocess import AlignmentRecipe, to_tensor
 from . import metrics
 from .configs import TrainConfig
 from .cosface import CosFaceHead
-from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits
+from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits, sample_rows
 from .distill import ProjectedDistillation, build_distiller
 from .precision import autocast, cpu_name, resolve_precision
 
@@ -409,10 +409,8 @@ class Trainer:
         the training state, so a resumed run continues exactly."""
         from .average import reestimate_batchnorm
 
-        train = self.main_splits.train
-        rng = np.random.default_rng(self.config.seed)
-        rows = np.sort(rng.choice(train, size=min(self.config.bn_images, len(train)), replace=False))
-        reestimate_batchnorm(artifact, self.crops[rows])
+        reestimate_batchnorm(artifact, self.crops[sample_rows(self.main_splits.train, self.config.bn_images,
+                                                              self.config.seed)])
 
     def _artifact(self, summary: dict) -> ModelArtifact:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}

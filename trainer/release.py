@@ -27,7 +27,7 @@ from recognizer.images import load_image
 from recognizer.preprocess import resize_to_input
 
 from . import metrics
-from .data import closed_set_gallery, discover, load_crops, make_splits
+from .data import closed_set_gallery, model_split
 from .evaluate import CELEBA_IR_FPRS
 from .precision import cpu_name
 
@@ -192,12 +192,10 @@ def split_report(rec: Recognizer, celeba1k: Path, cache_dir: str | None) -> dict
     config = rec.artifact.training.get("config")
     if not config:
         return {"skipped": "the artifact carries no training config"}
-    dataset = discover(celeba1k, config.get("limit_identities"))
-    crops, ok = load_crops(dataset, rec.recipe, cache_dir)
-    labels = dataset.labels
-    if not ok.all():
-        return {"skipped": f"{int((~ok).sum())} images failed to decode; split indices would shift"}
-    sp = make_splits(labels, int(config["open_identities"]), int(config["val_per_identity"]), int(config["seed"]))
+    try:
+        crops, labels, sp = model_split(config, celeba1k, rec.recipe, cache_dir)
+    except ValueError as exc:
+        return {"skipped": str(exc)}
     # gallery: the mean of every training image of each identity, as bench.accuracy_vs_dlib measures
     # dlib (so the card's two columns are the same protocol)
     gallery = closed_set_gallery(labels, sp.train, len(labels), int(config["seed"]) + 1)

@@ -495,3 +495,24 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
     with pytest.raises(ValueError, match="input"):
         Trainer(synthetic_celeba, get_config("tiny", input_size=(64, 56)), tmp_path / "bad", cache_dir=None,
                 init=tiny_model)
+
+
+def test_train_from_freezes_the_earlier_blocks_weights_and_statistics(tiny_model, synthetic_celeba, tmp_path):
+    """`--set train_from=mixed_7a`: a fine-tune changes that block and every later one, and leaves
+    every earlier block exactly as the model it started from (weights and BatchNorm statistics:
+    frozen blocks run in eval mode), and the card's fit line says so."""
+    from recognizer.embedder import build_backbone
+    from trainer.release import fit_command
+
+    source = ModelArtifact.load(tiny_model)
+    config = get_config("tiny", epochs=1, train_from="mixed_7a")
+    artifact = Trainer(synthetic_celeba, config, tmp_path / "ft", cache_dir=None, init=tiny_model).fit()
+    blocks = [name for name, _ in build_backbone().named_children()]
+    before = blocks[:blocks.index("mixed_7a")]
+    changed = {name.split(".")[0] for name, tensor in artifact.state_dict.items()
+               if tensor.is_floating_point() and not torch.equal(tensor.float(), source.state_dict[name].float())}
+    assert changed and not changed & set(before), sorted(changed & set(before))
+    assert {"mixed_7a", "repeat_3", "last_linear"} <= changed
+    assert "--set train_from=mixed_7a" in fit_command(artifact.training)
+    with pytest.raises(ValueError, match="not a block of the backbone.*mixed_7a"):
+        Trainer(synthetic_celeba, get_config("tiny", train_from="mixed7a"), tmp_path / "bad", cache_dir=None)

@@ -50,6 +50,11 @@ class TrainConfig:
     # (docs/BENCHMARKS.md, session 12).
     # 0: keep the running averages (the tiny config, and every run before session 12).
     bn_images: int = 0
+    # The first backbone block that trains (a name from facenet-pytorch's InceptionResnetV1, e.g.
+    # "mixed_7a"); every block before it keeps its weights and BatchNorm statistics. "" trains all.
+    # A fine-tune's lever where training is slow: on 2 AVX2 cores in fp32 a step trains 35 images/s
+    # with every block, 107 from mixed_7a (the backward pass stops there; docs/BENCHMARKS.md).
+    train_from: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

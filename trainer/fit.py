@@ -91,6 +91,22 @@ def embed_crops(model: torch.nn.Module, crops: np.ndarray, recipe: AlignmentReci
     return torch.cat(out).numpy() if out else np.zeros((0, 512), np.float32)
 
 
+def freeze_before(model: torch.nn.Module, first_trained: str) -> list[torch.nn.Module]:
+    """Freeze every top-level block of ``model`` before the one named ``first_trained`` (no
+    gradients, so backpropagation stops at that block) and return them, for the caller to keep in
+    eval mode: their BatchNorm statistics stay those of the model they came from. "" freezes
+    nothing. An unknown name raises ``ValueError`` listing the blocks."""
+    if not first_trained:
+        return []
+    names = [name for name, _ in model.named_children()]
+    if first_trained not in names:
+        raise ValueError(f"train_from={first_trained!r}: not a block of the backbone; one of {', '.join(names)}")
+    frozen = [module for _, module in model.named_children()][:names.index(first_trained)]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
 def rng_state() -> dict:
     """Every global RNG a step draws from (dropout uses torch's), for an exact resume; the
     data order and augmentation come from a generator seeded per epoch."""
@@ -214,6 +230,7 @@ class Trainer:
         self.head = CosFaceHead(512, len(train_classes), config.scale, config.margin).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.frozen = freeze_before(self.model, config.train_from)
         self.distiller = build_distiller(config.distill)
         self.teacher = self.teacher_have = None
         if self.distiller is not None:
@@ -225,8 +242,9 @@ class Trainer:
             print(f"teacher: {int(self.teacher_have[self.splits.train].sum())} of {len(self.splits.train)} "
                   f"training images have a dlib vector ({config.distill}, weight {config.distill_weight})", flush=True)
         extra_params = list(self.distiller.parameters()) if self.distiller is not None else []
+        trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            list(self.model.parameters()) + list(self.head.parameters()) + extra_params, lr=config.lr,
+            trained + list(self.head.parameters()) + extra_params, lr=config.lr,
             momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
         self.steps_per_epoch = max(1, len(self.splits.train) // config.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -317,6 +335,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device
         self.model.train()
+        for module in self.frozen:
+            module.eval()
         self.head.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
@@ -480,7 +500,8 @@ class Trainer:
               f"{len(self.splits.closed_val)} closed-set and {len(self.splits.open_set)} open-set images, "
               f"input {config.input_size}, device {self.device}, "
               f"precision {self.precision} ({self.precision_reason}), "
-              f"epochs {self.start_epoch}..{config.epochs}", flush=True)
+              f"epochs {self.start_epoch}..{config.epochs}"
+              + (f", blocks before {config.train_from} frozen" if config.train_from else ""), flush=True)
         artifact = None
         epoch = self.start_epoch
         while epoch <= last_epoch:

@@ -12,8 +12,11 @@ it: emulated, one step takes about a minute.
 Per-step times come from an optimizer post-step hook, so the trainer code runs unmodified.
 Real and raw chunks alternate (``rounds``, and which goes first) so both see the same background load.
 Uses celeba1k from the data folder, or a synthetic dataset in CelebA layout when it is missing.
+``--train-from BLOCK`` times a fine-tune of BLOCK and the blocks after it (``trainer fit --set
+train_from=BLOCK``): the frozen bottom runs forward only.
 
     OMP_NUM_THREADS=1 python -m bench.training_speed --quick
+    python -m bench.training_speed --ways fp32-cl --train-from mixed_7a
 """
 from __future__ import annotations
 
@@ -66,6 +69,8 @@ def raw_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
         batch = batch.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, trainer.head.weight.shape[0], (config.batch_size,), device=device)
     trainer.model.train()
+    for module in trainer.frozen:  # as train_epoch keeps them
+        module.eval()
     trainer.head.train()
 
     def step() -> None:
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     for name in args.ways:
         overrides = PRECISIONS[name]
         config = get_config(args.config, limit_identities=args.identities, batch_size=args.batch_size,
-                            open_identities=2 if args.identities or "SYNTHETIC" in source else None, **overrides)
+                            open_identities=2 if args.identities or "SYNTHETIC" in source else None,
+                            train_from=args.train_from, **overrides)
         cache = args.crop_cache or (common.cache_dir() if args.quick else common.ROOT / ".cache")
         cache = None if "SYNTHETIC" in source else cache
         trainer = Trainer(celeba, config, Path(tmp.name) / f"run-{name}", cache_dir=cache,
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         del trainer
     tmp.cleanup()
     return {"source": source, "config": args.config, "threads": args.threads, "rows": rows, "ways": args.ways,
+            "train_from": args.train_from or "every block",
             "cpu_native_bf16": native_bf16()}
 
 
@@ -124,7 +131,8 @@ def tables(result: dict) -> str:
     by = {(r["precision"], r["loop"]): r for r in result["rows"]}
     main = [[r["precision"], r["loop"], r["batch_size"], common.ms(r["step_s"]["median"]),
              common.ms(r["step_s"]["p95"]), f"{r['images_per_s']:.1f}", r["step_s"]["n"]] for r in result["rows"]]
-    out = [common.markdown_table(["precision", "loop", "batch", "step ms (median)", "p95", "images/s", "steps"],
+    out = [f"trained: {result['train_from']}" + ("" if result["train_from"] == "every block" else " and the blocks after it"),
+           common.markdown_table(["precision", "loop", "batch", "step ms (median)", "p95", "images/s", "steps"],
                                  main, align="llrrrrr")]
     compare = []
     for p in result["ways"]:
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                    "already holds celeba1k's crops after training; quick: the bench cache in /tmp)")
     p.add_argument("--ways", default=None, help=f"comma-separated, of {', '.join(PRECISIONS)} (default: fp32, "
                    "fp32-cl, and bf16 where the CPU has native bf16); the first is the reference")
+    p.add_argument("--train-from", default="", help="first trained backbone block (trainer fit's train_from; "
+                   "default: every block trains)")
     args = p.parse_args(argv)
     args.ways = args.ways.split(",") if args.ways else default_ways()
     unknown = [w for w in args.ways if w not in PRECISIONS]

@@ -52,8 +52,8 @@ class TrainConfig:
     bn_images: int = 0
     # The first backbone block that trains (a name from facenet-pytorch's InceptionResnetV1, e.g.
     # "mixed_7a"); every block before it keeps its weights and BatchNorm statistics. "" trains all.
-    # A fine-tune's lever where training is slow: on 2 AVX2 cores in fp32 a step trains 35 images/s
-    # with every block, 107 from mixed_7a (the backward pass stops there; docs/BENCHMARKS.md).
+    # A fine-tune's lever where training is slow: on 2 AVX2 cores in fp32 a trainer step runs 33
+    # images/s with every block, 87 from mixed_7a (bench.training_speed; docs/BENCHMARKS.md).
     train_from: str = ""
 
     def to_dict(self) -> dict:

@@ -497,7 +497,8 @@ def test_warm_start_loads_the_backbone_imprints_the_head_and_is_recorded(tiny_mo
                 init=tiny_model)
 
 
-def test_train_from_freezes_the_earlier_blocks_weights_and_statistics(tiny_model, synthetic_celeba, tmp_path):
+def test_train_from_freezes_the_earlier_blocks_weights_and_statistics(tiny_model, synthetic_celeba, tmp_path,
+                                                                      capsys):
     """`--set train_from=mixed_7a`: a fine-tune changes that block and every later one, and leaves
     every earlier block exactly as the model it started from (weights and BatchNorm statistics:
     frozen blocks run in eval mode), and the card's fit line says so."""
@@ -514,5 +515,8 @@ def test_train_from_freezes_the_earlier_blocks_weights_and_statistics(tiny_model
     assert changed and not changed & set(before), sorted(changed & set(before))
     assert {"mixed_7a", "repeat_3", "last_linear"} <= changed
     assert "--set train_from=mixed_7a" in fit_command(artifact.training)
+    assert "WARNING" not in capsys.readouterr().out
+    Trainer(synthetic_celeba, get_config("tiny", train_from="mixed_7a"), tmp_path / "cold", cache_dir=None)
+    assert "without --init" in capsys.readouterr().out  # frozen random blocks: said, not refused (timing)
     with pytest.raises(ValueError, match="not a block of the backbone.*mixed_7a"):
         Trainer(synthetic_celeba, get_config("tiny", train_from="mixed7a"), tmp_path / "bad", cache_dir=None)

@@ -51,7 +51,8 @@ class TrainConfig:
     # 0: keep the running averages (the tiny config, and every run before session 12).
     bn_images: int = 0
     # The first backbone block that trains (a name from facenet-pytorch's InceptionResnetV1, e.g.
-    # "mixed_7a"); every block before it keeps its weights and BatchNorm statistics. "" trains all.
+    # "mixed_7a"); every block before it keeps its weights and, while training, its BatchNorm
+    # statistics (bn_images still measures every layer's at the end). "" trains all.
     # A fine-tune's lever where training is slow: on 2 AVX2 cores in fp32 a trainer step runs 33
     # images/s with every block, 87 from mixed_7a (bench.training_speed; docs/BENCHMARKS.md).
     train_from: str = ""

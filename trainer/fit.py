@@ -255,6 +255,9 @@ class Trainer:
         self.init = dict(checkpoint.get("init") or {}) if checkpoint else {}
         if init is not None and not checkpoint:
             self.init = self.warm_start(Path(init))
+        elif self.frozen and not checkpoint:
+            print(f"WARNING: train_from={config.train_from} without --init: the frozen blocks keep their random "
+                  "weights (fine for timing a step, useless for a model)", flush=True)
         if checkpoint:
             self.model.load_state_dict(checkpoint["backbone"])
             self.head.load_state_dict(checkpoint["head"])

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         del trainer
     tmp.cleanup()
     return {"source": source, "config": args.config, "threads": args.threads, "rows": rows, "ways": args.ways,
-            "train_from": args.train_from or "every block",
+            "train_from": args.train_from,
             "cpu_native_bf16": native_bf16()}
 
 
@@ -131,7 +131,8 @@ def tables(result: dict) -> str:
     by = {(r["precision"], r["loop"]): r for r in result["rows"]}
     main = [[r["precision"], r["loop"], r["batch_size"], common.ms(r["step_s"]["median"]),
              common.ms(r["step_s"]["p95"]), f"{r['images_per_s']:.1f}", r["step_s"]["n"]] for r in result["rows"]]
-    out = [f"trained: {result['train_from']}" + ("" if result["train_from"] == "every block" else " and the blocks after it"),
+    first = result["train_from"]
+    out = [f"trained: {first} and the blocks after it" if first else "trained: every block",
            common.markdown_table(["precision", "loop", "batch", "step ms (median)", "p95", "images/s", "steps"],
                                  main, align="llrrrrr")]
     compare = []

@@ -98,10 +98,10 @@ def freeze_before(model: torch.nn.Module, first_trained: str) -> list[torch.nn.M
     nothing. An unknown name raises ``ValueError`` listing the blocks."""
     if not first_trained:
         return []
-    names = [name for name, _ in model.named_children()]
-    if first_trained not in names:
-        raise ValueError(f"train_from={first_trained!r}: not a block of the backbone; one of {', '.join(names)}")
-    frozen = [module for _, module in model.named_children()][:names.index(first_trained)]
+    blocks = dict(model.named_children())
+    if first_trained not in blocks:
+        raise ValueError(f"train_from={first_trained!r}: not a block of the backbone; one of {', '.join(blocks)}")
+    frozen = list(blocks.values())[:list(blocks).index(first_trained)]
     for module in frozen:
         module.requires_grad_(False)
     return frozen

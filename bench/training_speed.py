@@ -68,10 +68,7 @@ def raw_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
     if config.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, trainer.head.weight.shape[0], (config.batch_size,), device=device)
-    trainer.model.train()
-    for module in trainer.frozen:  # as train_epoch keeps them
-        module.eval()
-    trainer.head.train()
+    trainer.train_mode()
 
     def step() -> None:
         with autocast(trainer.precision, device):

@@ -335,12 +335,17 @@ class Trainer:
         print(f"projection fitted to the teacher on {int(have.sum())} images: 1 - cosine {before:.3f} -> {after:.3f}",
               flush=True)
 
-    def train_epoch(self, epoch: int) -> dict:
-        config, device = self.config, self.device
+    def train_mode(self) -> None:
+        """Backbone and head in training mode, but the frozen blocks (``train_from``) in eval mode, so
+        that their BatchNorm statistics stay the started-from model's."""
         self.model.train()
         for module in self.frozen:
             module.eval()
         self.head.train()
+
+    def train_epoch(self, epoch: int) -> dict:
+        config, device = self.config, self.device
+        self.train_mode()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
         total_loss, total_distill, correct, seen, classed = 0.0, 0.0, 0, 0, 0

@@ -84,3 +84,12 @@ def test_a_time_budget_shortens_the_schedule_and_still_calibrates(synthetic_cele
     roomy = Trainer(synthetic_celeba, get_config("tiny", epochs=2), tmp_path / "roomy", cache_dir=None)
     assert roomy.fit(budget_seconds=3600) is not None
     assert len((tmp_path / "roomy" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_model_card_names_the_gpu_a_run_trained_on():
+    from trainer.release import machine_note
+
+    gpu = machine_note({"cpu": "Intel Xeon", "gpu": "NVIDIA H200", "threads": 16}, "unused")
+    assert gpu == "one NVIDIA H200 GPU (host CPU: Intel Xeon)"
+    assert machine_note({"cpu": "AMD EPYC", "threads": 2}, "unused") == "2 cores of: AMD EPYC"
+    assert machine_note({}, "given with --cpu") == "2 cores of: given with --cpu"

@@ -109,9 +109,10 @@ def reestimate_batchnorm(artifact: ModelArtifact, crops: np.ndarray, batch_size:
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # a cumulative average over every batch, not an exponential one
-    for start in tqdm(range(0, len(crops), batch_size), desc="BatchNorm statistics", unit="batch"):
-        batch = to_tensor(crops[start:start + batch_size], artifact.recipe)
-        model(torch.cat([batch, torch.flip(batch, dims=[3])]))
+    with torch.no_grad():  # training mode updates the statistics; no graph is needed for that
+        for start in tqdm(range(0, len(crops), batch_size), desc="BatchNorm statistics", unit="batch"):
+            batch = to_tensor(crops[start:start + batch_size], artifact.recipe)
+            model(torch.cat([batch, torch.flip(batch, dims=[3])]))
     fresh = model.state_dict()
     for name in artifact.state_dict:
         if name.endswith(("running_mean", "running_var", "num_batches_tracked")):

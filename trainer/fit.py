@@ -461,7 +461,9 @@ class Trainer:
         summary = {"config": self.config.to_dict(), "data": str(self.data_dir), "epochs_done": len(self.history),
                    "extra_sources": self.extra_summary,
                    "machine": {"cpu": cpu_name(), "precision": self.precision, "why": self.precision_reason,
-                               "threads": torch.get_num_threads()},
+                               "threads": torch.get_num_threads(),
+                               **({"gpu": torch.cuda.get_device_name(self.device)}
+                                  if self.device.type == "cuda" else {})},
                    "train_images": int(len(self.splits.train)),
                    "train_identities": int(len(self.class_index)),
                    "wall_seconds": float(sum(h.get("train_seconds", 0) + h.get("eval_seconds", 0) for h in self.history)),

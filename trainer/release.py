@@ -309,6 +309,13 @@ def averaged_note(training: dict) -> str:
             f"{bn_flag}` into {terms} (the first model's recipe above; BatchNorm statistics {bn})")
 
 
+def machine_note(machine: dict, cpu_fallback: str) -> str:
+    """Where the model trained, as the card says it: a GPU by name, else the CPU (cores)."""
+    if machine.get("gpu"):
+        return f"one {machine['gpu']} GPU (host CPU: {machine.get('cpu', cpu_fallback)})"
+    return f"2 cores of: {machine.get('cpu') or cpu_fallback}"
+
+
 def render_card(report: dict) -> str:
     """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
     training = report.get("training", {})
@@ -336,7 +343,7 @@ def render_card(report: dict) -> str:
         "fit_command": fit_command(training),
         "distill": distill_note(config),
         "init": init_note(training.get("init")) + averaged_note(training),
-        "cpu": training.get("machine", {}).get("cpu") or report.get("cpu", "not recorded"),
+        "machine": machine_note(training.get("machine", {}), report.get("cpu", "not recorded")),
         "ir_005": _pct(ir["tpr@fpr=0.05"]), "ir_001": _pct(ir["tpr@fpr=0.01"]), "ir_0001": _pct(ir["tpr@fpr=0.001"]),
         "ir_auc": _pct(ir["roc_auc"]),
         "ir_thr_tpr": _pct(ir["at_threshold"]["tpr"]), "ir_thr_fpr": f"{ir['at_threshold']['fpr']:.4f}",

@@ -47,11 +47,15 @@ def data_dir(args: argparse.Namespace, sub: str) -> Path | None:
 
 
 def set_threads(n: int) -> None:
-    """Pin torch and faiss to ``n`` threads so A and B get the same CPU."""
-    import faiss
+    """Pin torch and faiss to ``n`` threads so A and B get the same CPU. faiss only where it is
+    installed: a lent GPU machine has torch but no faiss, and the training benchmark needs none."""
     import torch
 
     torch.set_num_threads(max(1, n))
+    try:
+        import faiss
+    except ImportError:
+        return
     faiss.omp_set_num_threads(max(1, n))
 
 

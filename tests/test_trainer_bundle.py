@@ -86,6 +86,17 @@ def test_a_time_budget_shortens_the_schedule_and_still_calibrates(synthetic_cele
     assert len((tmp_path / "roomy" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_the_second_epoch_gives_back_the_epochs_a_slow_start_cost(synthetic_celeba, tmp_path):
+    # the lent H200's first run: epoch 1 took 45 s (17 s of it the first step), the rest 25 s
+    trainer = Trainer(synthetic_celeba, get_config("tiny", epochs=40), tmp_path / "run", cache_dir=None)
+    trainer.fit_budget(1, elapsed=45.0, budget_seconds=390.0)
+    assert trainer.config.epochs == 8 and trainer.budget["epochs_asked"] == 40
+    trainer.fit_budget(2, elapsed=70.0, budget_seconds=390.0, per_epoch=25.0)
+    assert trainer.config.epochs == 2 + 320 // 25
+    trainer.fit_budget(2, elapsed=70.0, budget_seconds=3600.0, per_epoch=25.0)
+    assert trainer.config.epochs == 40  # never more than were asked
+
+
 def test_the_model_card_names_the_gpu_a_run_trained_on():
     from trainer.release import machine_note
 

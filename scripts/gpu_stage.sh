@@ -11,7 +11,8 @@
 #   there:  BUNDLE_DIR=/root/bundle OUT=/out bash scripts/gpu_stage.sh .gpu/p0
 #
 # It also times the trainer's step on the GPU against the raw model (bench.training_speed on
-# synthetic images), so that a step that cannot use the chip is seen before the long call.
+# synthetic images) at each of BATCH_SIZES (default 128 and 512), so that a step that cannot use
+# the chip is seen, and a batch size chosen, before the long call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder that comes back}" "${BUNDLE_DIR:?}"
@@ -25,5 +26,8 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/stage.log"
 python3 -c "import torch, cv2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'cv2', cv2.__version__)" \
     | tee -a "$OUT/stage.log"
-timeout 120 python3 -m bench.training_speed --device cuda --ways bf16 --steps 20 --rounds 2 --data /nonexistent --threads 8 \
-    --out "$OUT/training_speed_cuda.json" 2>&1 | grep -v '%|' | tee -a "$OUT/stage.log"
+for batch in ${BATCH_SIZES:-128 512}; do  # the step is bound by the host: a larger batch may cost no more a step
+    timeout 120 python3 -m bench.training_speed --device cuda --ways bf16 --steps 20 --rounds 2 --data /nonexistent \
+        --threads 8 --batch-size "$batch" --out "$OUT/training_speed_cuda_b$batch.json" 2>&1 | grep -v '%|' \
+        | tee -a "$OUT/stage.log"
+done

@@ -308,7 +308,24 @@ def test_relational_distillation_is_zero_for_the_same_geometry_and_projection_le
         build_distiller("attention")
 
 
-def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, tmp_path):
+def test_both_terms_are_the_projected_one_plus_a_share_of_the_relational_one():
+    from trainer.distill import ProjectedAndRelational, RelationalDistillation, build_distiller
+
+    g = torch.Generator().manual_seed(1)
+    student = torch.randn(12, 512, generator=g)
+    teacher = torch.nn.functional.normalize(torch.randn(12, 128, generator=g), dim=1)
+    have = torch.arange(12) % 3 != 0
+    both = build_distiller("both", relation_share=2.5)
+    assert isinstance(both, ProjectedAndRelational)  # the trainer fits its projection at a warm start
+    with torch.no_grad():
+        projected = super(ProjectedAndRelational, both).forward(student, teacher, have)
+        relational = RelationalDistillation()(student, teacher, have)
+        assert float(both(student, teacher, have)) == pytest.approx(float(projected + 2.5 * relational), rel=1e-6)
+    assert float(relational) > 0.0
+
+
+@pytest.mark.parametrize("kind", ["projection", "both"])
+def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, tmp_path, kind):
     """The trainer finds teacher vectors by image path in the cache `trainer teacher` writes
     (written here directly: dlib itself is tested below where it is installed)."""
     from recognizer.preprocess import AlignmentRecipe
@@ -322,7 +339,7 @@ def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, t
     done = np.arange(len(vectors)) % 4 != 0  # a partly filled cache: those rows get no term
     teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, done)
 
-    config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0)
+    config = get_config("tiny", epochs=1, distill=kind, distill_weight=1.0)
     trainer = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None, teacher_cache=tmp_path)
     rows = trainer.splits.train
     assert 0 < trainer.teacher_have[rows].sum() < len(rows)

@@ -38,10 +38,13 @@ class TrainConfig:
     # only): half_res is mostly one image a person. Off: they are left out, as without a teacher.
     distill_singletons: bool = False
     # Distillation from dlib's network (trainer/teacher.py fills its cache first): "none" |
-    # "relation" (pairwise cosine matrices) | "projection" (learned 512->128, cosine). Not yet
+    # "relation" (pairwise cosine matrices) | "projection" (learned 512->128, cosine) | "both". Not yet
     # measured at full scale: off in the shipped configs.
     distill: str = "none"
     distill_weight: float = 0.0
+    # distill="both": the projected term plus this many times the relational one (3.7 matches
+    # their gradients on the shipped model; see trainer/distill.py).
+    distill_relation_share: float = 3.7
     seed: int = 0
     workers_threads: int | None = None
     # The final model's BatchNorm statistics, measured again on this many clean training images and

@@ -39,13 +39,30 @@ class ProjectedDistillation(nn.Module):
         return (1.0 - (p * F.normalize(teacher[have], dim=1)).sum(1)).mean()
 
 
-DISTILLERS = {"relation": RelationalDistillation, "projection": ProjectedDistillation}
+class ProjectedAndRelational(ProjectedDistillation):
+    """Both terms: the projected one pins each face near its own teacher direction, which is what
+    separates the closest strangers (the low-FPR tail); the relational one matches who resembles
+    whom across all pairs (the AUC). As a fine-tune's only term, each gave one and lost the other
+    (docs/BENCHMARKS.md, session 15). ``relation_share`` scales the relational term against the
+    projected one; 3.7 gives their gradients on the embeddings the same size on the shipped model."""
+
+    def __init__(self, relation_share: float = 3.7) -> None:
+        super().__init__()
+        self.relation_share = relation_share
+        self.relation = RelationalDistillation()
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, have: torch.Tensor) -> torch.Tensor:
+        return super().forward(student, teacher, have) + self.relation_share * self.relation(student, teacher, have)
 
 
-def build_distiller(kind: str) -> nn.Module | None:
-    """``"none"`` -> None, else the named term; an unknown name raises ValueError naming the choices."""
+DISTILLERS = {"relation": RelationalDistillation, "projection": ProjectedDistillation, "both": ProjectedAndRelational}
+
+
+def build_distiller(kind: str, relation_share: float = 3.7) -> nn.Module | None:
+    """``"none"`` -> None, else the named term; an unknown name raises ValueError naming the choices.
+    ``relation_share`` is read by ``"both"`` alone."""
     if kind == "none":
         return None
     if kind not in DISTILLERS:
         raise ValueError(f"distill must be none or one of {', '.join(DISTILLERS)}, not {kind!r}")
-    return DISTILLERS[kind]()
+    return ProjectedAndRelational(relation_share) if kind == "both" else DISTILLERS[kind]()

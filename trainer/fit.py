@@ -231,7 +231,7 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frozen = freeze_before(self.model, config.train_from)
-        self.distiller = build_distiller(config.distill)
+        self.distiller = build_distiller(config.distill, config.distill_relation_share)
         self.teacher = self.teacher_have = None
         if self.distiller is not None:
             from .teacher import targets_for

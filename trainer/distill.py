@@ -44,9 +44,9 @@ class ProjectedAndRelational(ProjectedDistillation):
     separates the closest strangers (the low-FPR tail); the relational one matches who resembles
     whom across all pairs (the AUC). As a fine-tune's only term, each gave one and lost the other
     (docs/BENCHMARKS.md, session 15). ``relation_share`` scales the relational term against the
-    projected one; 3.7 gives their gradients on the embeddings the same size on the shipped model."""
+    projected one (its default, ``TrainConfig.distill_relation_share``, says why)."""
 
-    def __init__(self, relation_share: float = 3.7) -> None:
+    def __init__(self, relation_share: float) -> None:
         super().__init__()
         self.relation_share = relation_share
         self.relation = RelationalDistillation()
@@ -58,11 +58,15 @@ class ProjectedAndRelational(ProjectedDistillation):
 DISTILLERS = {"relation": RelationalDistillation, "projection": ProjectedDistillation, "both": ProjectedAndRelational}
 
 
-def build_distiller(kind: str, relation_share: float = 3.7) -> nn.Module | None:
+def build_distiller(kind: str, relation_share: float | None = None) -> nn.Module | None:
     """``"none"`` -> None, else the named term; an unknown name raises ValueError naming the choices.
-    ``relation_share`` is read by ``"both"`` alone."""
+    ``relation_share`` is read by ``"both"`` alone, which needs it."""
     if kind == "none":
         return None
     if kind not in DISTILLERS:
         raise ValueError(f"distill must be none or one of {', '.join(DISTILLERS)}, not {kind!r}")
-    return ProjectedAndRelational(relation_share) if kind == "both" else DISTILLERS[kind]()
+    if kind == "both":
+        if relation_share is None:
+            raise ValueError("distill=both needs relation_share (TrainConfig.distill_relation_share)")
+        return ProjectedAndRelational(relation_share)
+    return DISTILLERS[kind]()

@@ -277,7 +277,7 @@ def distill_note(config: dict) -> str:
     form = {"projection": "a learned 512->128 projection pulled to its direction (1 - cosine)",
             "relation": "the batch's pairwise cosines matched to its own",
             "both": "a learned 512->128 projection pulled to its direction, plus "
-                    f"{config.get('distill_relation_share', 3.7)} times the batch's pairwise cosines matched to "
+                    f"{config.get('distill_relation_share')} times the batch's pairwise cosines matched to "
                     "its own"}.get(kind, kind)
     return (f"; in training only, plus a distillation term (weight {config.get('distill_weight')}) toward dlib's "
             f"public-domain network `dlib_face_recognition_resnet_model_v1` (CC0): {form}. Its vectors were cached "

@@ -96,6 +96,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="the serving embedder's backend for the measurement (onnx: same figures, faster on CPU)")
     avg.add_argument("--threads", type=int, default=None)
 
+    cmp_ = sub.add_parser("compare", help="model A against model B on the same held-out people, with a paired "
+                                          "bootstrap over identities (is a difference more than luck?)")
+    cmp_.add_argument("--model", required=True, action="append", help="A, then B (two models of one split)")
+    cmp_.add_argument("--celeba1k", required=True, help="the training set: both are measured on its held-out people")
+    cmp_.add_argument("--celeba-ir", default=None, help="also celeba_ir (the test set: only after a choice)")
+    cmp_.add_argument("--rounds", type=int, default=1000, help="identity resamplings (default 1000)")
+    cmp_.add_argument("--json", default=None, help="also write the report here")
+    cmp_.add_argument("--cache", default=".cache")
+    cmp_.add_argument("--threads", type=int, default=None)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -168,6 +178,25 @@ def main(argv: list[str] | None = None) -> int:
         report = calibrate(artifact, Path(args.celeba1k), args.cache or None, Path(args.out), args.backend)
         print(json.dumps({"version": artifact.version, "threshold": artifact.threshold,
                           "closed_set": report["closed_set"], "open_set": report["open_set"]}, default=float))
+        return 0
+    if args.command == "compare":
+        from pathlib import Path
+
+        from .compare import compare_models, format_comparison
+
+        if len(args.model) != 2 or args.rounds < 1:
+            print("python -m trainer compare: give --model twice (A, then B) and --rounds of at least 1",
+                  file=sys.stderr)
+            return 2
+        try:
+            report = compare_models(Path(args.model[0]), Path(args.model[1]), Path(args.celeba1k), args.rounds,
+                                    args.cache or None, Path(args.celeba_ir) if args.celeba_ir else None)
+        except ValueError as exc:
+            print(f"python -m trainer compare: {exc}", file=sys.stderr)
+            return 2
+        print(format_comparison(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
         return 0
     if args.command == "bundle":
         from . import bundle

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -273,7 +274,11 @@ def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should
     assert report["agreement"]["min_cosine"] >= MIN_AGREEMENT
     assert report["celeba_ir"]["queries"] == 9 and "tpr@fpr=0.01" in report["celeba_ir"]
     assert set(report["conditions"]) and "closed_set" in report["split"]
+    for spread in (report["split"]["open_tar_spread"], *report["celeba_ir"]["spread"].values()):
+        lo, hi = spread["ci90"]
+        assert 0.0 <= lo <= hi <= 1.0 and spread["sd"] >= 0.0  # identity resamplings' 90% interval
     card = (tmp_path / "models" / "README.md").read_text()
+    assert re.search(r"\| open-set TAR @ FAR 0.001 .*\| \d\.\d{3} \(\d\.\d{3}-\d\.\d{3}\) \|", card)
     assert report["version"] in card and "{{" not in card and source.training["machine"]["cpu"] in card
     assert json.loads((tmp_path / "models" / "card.json").read_text())["version"] == report["version"]
     assert half_precision(source).threshold == source.threshold

@@ -59,6 +59,8 @@ def test_a_model_against_itself_differs_by_nothing_and_a_better_one_is_ahead():
     noisy = bootstrap.pair_scores_all(_embeddings(LABELS, 1.4, 1))
     same = bootstrap.compare_tar(table, clean, clean, 1e-2, rounds=50)
     assert same["a_minus_b"]["ci90"] == [0.0, 0.0] and same["a_ahead"] == 0.5
+    pos, neg = clean[table.positive], clean[~table.positive]
+    assert same["a"]["point"] == pytest.approx(metrics.tpr_at_fpr(pos, neg, 1e-2)[0]) and same["a_minus_b"]["point"] == 0
     better = bootstrap.compare_tar(table, clean, noisy, 1e-2, rounds=200)
     assert better["a_ahead"] > 0.95 and better["a_minus_b"]["ci90"][0] > 0
     # paired: the difference varies less than either figure

@@ -104,5 +104,16 @@ def compare_tar(table: PairTable, a: np.ndarray, b: np.ndarray, far: float, roun
     A - B, with the share of rounds in which A is ahead (ties count half)."""
     draws = bootstrap_tar(table, [a, b], far, rounds, seed)
     diff = draws[:, 0] - draws[:, 1]
-    return {"far": far, "rounds": rounds, "a": summarise(draws[:, 0]), "b": summarise(draws[:, 1]),
-            "a_minus_b": summarise(diff), "a_ahead": float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))}
+    point = [plain_tar(table, s, far) for s in (a, b)]
+    return {"far": far, "rounds": rounds, "a": {"point": point[0], **summarise(draws[:, 0])},
+            "b": {"point": point[1], **summarise(draws[:, 1])},
+            "a_minus_b": {"point": point[0] - point[1], **summarise(diff)},
+            "a_ahead": float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))}
+
+
+def plain_tar(table: PairTable, scores: np.ndarray, far: float) -> float:
+    """The figure itself, every identity counted once (no resampling)."""
+    neg = scores[~table.positive]
+    order = np.argsort(-neg, kind="stable")
+    return weighted_tar(scores[table.positive], np.ones(int(table.positive.sum())), neg[order],
+                        np.ones(len(neg)), far)

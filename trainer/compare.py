@@ -71,16 +71,16 @@ def celeba_ir_comparison(a: Recognizer, b: Recognizer, root: Path, rounds: int, 
 
 
 def format_comparison(report: dict) -> str:
-    """A markdown table: each model's figure with its 90% interval, the paired difference, and
-    how often A came out ahead."""
+    """A markdown table: each model's figure (all identities once) with its 90% interval, the
+    difference likewise, and how often A came out ahead."""
     lines = [f"A = {report['a']}, B = {report['b']}; {report['rounds']} identity resamplings, 90% intervals",
              "", "| figure | A | B | A - B | A ahead |", "|---|---|---|---|---|"]
     for section in ("val_open", "celeba_ir"):
         for key, row in report.get(section, {}).items():
             if not isinstance(row, dict):
                 continue
-            cells = [f"{row[m]['mean']:.3f} ({row[m]['ci90'][0]:.3f}-{row[m]['ci90'][1]:.3f})" for m in ("a", "b")]
+            cells = [f"{row[m]['point']:.3f} ({row[m]['ci90'][0]:.3f}-{row[m]['ci90'][1]:.3f})" for m in ("a", "b")]
             d = row["a_minus_b"]
-            lines.append(f"| {section} {key} | {cells[0]} | {cells[1]} | {d['mean']:+.3f} "
+            lines.append(f"| {section} {key} | {cells[0]} | {cells[1]} | {d['point']:+.3f} "
                          f"({d['ci90'][0]:+.3f} to {d['ci90'][1]:+.3f}) | {row['a_ahead']:.0%} |")
     return "\n".join(lines)

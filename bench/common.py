@@ -46,6 +46,14 @@ def data_dir(args: argparse.Namespace, sub: str) -> Path | None:
     return path if path is not None and path.is_dir() else None
 
 
+def require_data(args: argparse.Namespace, sub: str) -> Path:
+    """``<data>/<sub>``, or exit saying what is missing (a benchmark that cannot run without it)."""
+    path = data_dir(args, sub)
+    if path is None:
+        raise SystemExit(f"needs {sub}/ under --data ({args.data})")
+    return path
+
+
 def set_threads(n: int) -> None:
     """Pin torch and faiss to ``n`` threads so A and B get the same CPU. faiss only where it is
     installed: a lent GPU machine has torch but no faiss, and the training benchmark needs none."""

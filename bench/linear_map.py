@@ -106,9 +106,7 @@ def main() -> int:
     from trainer import metrics
     from trainer.data import closed_set_gallery, model_split
 
-    celeba1k = common.data_dir(args, "celeba1k")
-    if celeba1k is None:
-        raise SystemExit("needs celeba1k under --data")
+    celeba1k = common.require_data(args, "celeba1k")
     artifact = ModelArtifact.load(args.model)
     config = artifact.training["config"]
     crops, labels, splits = model_split(config, celeba1k, artifact.recipe, args.cache)

@@ -84,9 +84,7 @@ def main() -> int:
     from trainer.data import model_split, sample_rows
     from trainer.release import celeba_ir_images, embed_arrays
 
-    celeba1k = common.data_dir(args, "celeba1k")
-    if celeba1k is None:
-        raise SystemExit("needs celeba1k under --data")
+    celeba1k = common.require_data(args, "celeba1k")
     rec = Recognizer(args.model)
     config = rec.artifact.training["config"]
     crops, labels, splits = model_split(config, celeba1k, rec.recipe, args.cache)

@@ -26,13 +26,6 @@ COHORT_IMAGES_PER_IDENTITY = 8
 ROUNDS = 1000
 
 
-def cohort_means(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """One unit-norm mean embedding per identity: the cohort."""
-    classes = np.unique(labels)
-    means = np.stack([embeddings[labels == c].mean(0) for c in classes])
-    return means / np.linalg.norm(means, axis=1, keepdims=True)
-
-
 def top_k_stats(embeddings: np.ndarray, cohort: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each face's ``k`` highest cosines against the cohort."""
     top = -np.sort(-(embeddings @ cohort.T), axis=1)[:, :k]
@@ -47,8 +40,10 @@ def as_norm(scores: np.ndarray, first: tuple[np.ndarray, np.ndarray], second: tu
 
 def val_pairs(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(raw, normalised) scores of every pair i < j, in :func:`trainer.bootstrap.pair_table` order."""
+    from trainer.bootstrap import pair_scores_all
+
     i, j = np.triu_indices(len(emb), k=1)
-    raw = np.sum(emb[i] * emb[j], axis=1)
+    raw = pair_scores_all(emb)
     return raw, as_norm(raw, (stats[0][i], stats[1][i]), (stats[0][j], stats[1][j]))
 
 
@@ -80,7 +75,7 @@ def main() -> int:
     common.set_threads(args.threads)
     start = time.perf_counter()
     from recognizer import Recognizer
-    from trainer import bootstrap
+    from trainer import bootstrap, metrics
     from trainer.data import model_split, sample_rows
     from trainer.release import celeba_ir_images, embed_arrays
 
@@ -91,7 +86,7 @@ def main() -> int:
     per_identity = 2 if args.quick else COHORT_IMAGES_PER_IDENTITY
     cohort_rows = np.concatenate([sample_rows(splits.train[labels[splits.train] == c], per_identity, 0)
                                   for c in np.unique(labels[splits.train])])
-    cohort = cohort_means(rec.embed(crops[cohort_rows]), labels[cohort_rows])
+    _, cohort = metrics.class_means(rec.embed(crops[cohort_rows]), labels[cohort_rows])  # unit-norm means
     val = rec.embed(crops[splits.open_set])
     table = bootstrap.pair_table(labels[splits.open_set])
     rounds = 100 if args.quick else ROUNDS

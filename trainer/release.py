@@ -212,11 +212,12 @@ def split_report(rec: Recognizer, celeba1k: Path, cache_dir: str | None) -> dict
     gallery = closed_set_gallery(labels, sp.train, len(labels), int(config["seed"]) + 1)
     closed = metrics.closed_set_accuracy(rec.embed(crops[gallery]), labels[gallery],
                                          rec.embed(crops[sp.closed_val]), labels[sp.closed_val])
-    open_emb = rec.embed(crops[sp.open_set])
-    pos, neg = metrics.all_pairs(open_emb, labels[sp.open_set])
-    open_set = metrics.verification_report(pos, neg)
+    # every pair once, in the order the bootstrap's table lists them (metrics.all_pairs's pairs)
     table = bootstrap.pair_table(labels[sp.open_set])
-    spread = bootstrap.bootstrap_tar(table, [bootstrap.pair_scores_all(open_emb)], 1e-3, SPREAD_ROUNDS)[:, 0]
+    scores = bootstrap.pair_scores_all(rec.embed(crops[sp.open_set]))
+    pos, neg = scores[table.positive], scores[~table.positive]
+    open_set = metrics.verification_report(pos, neg)
+    spread = bootstrap.bootstrap_tar(table, [scores], 1e-3, SPREAD_ROUNDS)[:, 0]
     return {"closed_set": closed, "closed_probes": int(len(sp.closed_val)), "closed_gallery_images": int(len(gallery)),
             "closed_identities": int(len(np.unique(labels[gallery]))),
             "open_set": {k: v for k, v in open_set.items() if not k.startswith("_")},

@@ -11,7 +11,15 @@ each) under the model. Measured on the split's 50 held-out identities (val, wher
 and, with ``--celeba-ir``, on celeba_ir at ``--celeba-ir-k`` only (the test set: once, after the
 choice), each with the paired identity bootstrap against the raw cosine (trainer/bootstrap.py).
 
+``--gallery DIR`` measures the served form instead (index/cohort.py): the cohort is people of a
+user's gallery, stood in for by ``--draws`` random cohorts of the calibrated size from DIR's
+identities (a CelebA-layout source of people in neither celeba1k nor celeba_ir, e.g. celeba_extra's
+prepared test-split crops), and the threshold is the model's calibration file
+(``python -m trainer calibrate-norm``). On celeba_ir it reports, per draw, FPR and TPR at that
+threshold and TPR at each draw's own FPR thresholds; the first draw also gets the paired bootstrap.
+
     OMP_NUM_THREADS=2 python -m bench.score_norm --threads 2 --celeba-ir
+    OMP_NUM_THREADS=2 python -m bench.score_norm --threads 2 --gallery /work/data/test_crops
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import time
 import numpy as np
 
 from bench import common
+from recognizer.score_norm import as_norm
+from recognizer.score_norm import top_k_stats as score_stats
 
 KS = (50, 200, 1000)
 COHORT_IMAGES_PER_IDENTITY = 8
@@ -27,15 +37,9 @@ ROUNDS = 1000
 
 
 def top_k_stats(embeddings: np.ndarray, cohort: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each face's ``k`` highest cosines against the cohort."""
-    top = -np.sort(-(embeddings @ cohort.T), axis=1)[:, :k]
-    return top.mean(1), top.std(1)
-
-
-def as_norm(scores: np.ndarray, first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Cosines standardised by both sides' cohort statistics (per pair: ``first`` and ``second``
-    hold the two faces' means and spreads, aligned with ``scores``), averaged."""
-    return 0.5 * ((scores - first[0]) / first[1] + (scores - second[0]) / second[1])
+    """Mean and standard deviation of each face's ``k`` highest cosines against the cohort (the
+    served rule, recognizer/score_norm.py)."""
+    return score_stats(embeddings @ cohort.T, k)
 
 
 def val_pairs(emb: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +63,55 @@ def celeba_ir_pairs(queries: np.ndarray, ids: np.ndarray, distractors: np.ndarra
     return np.concatenate([pos, neg.ravel()]), np.concatenate([pos_n, neg_n.ravel()])
 
 
+def gallery_cohort(args, rec, calibration, rounds: int) -> tuple[dict, str]:
+    """The served form on celeba_ir: cohorts of people from ``args.gallery``, the calibrated threshold."""
+    from recognizer.images import load_image
+    from trainer import bootstrap, metrics
+    from trainer.data import discover, load_crops, sample_rows
+    from trainer.release import celeba_ir_images, celeba_ir_scores, embed_arrays
+
+    source = discover(args.gallery)
+    crops, ok = load_crops(source, rec.recipe, args.cache)
+    labels = source.labels
+    rows = np.concatenate([sample_rows(np.flatnonzero(ok & (labels == c)), COHORT_IMAGES_PER_IDENTITY, 0)
+                           for c in np.unique(labels[ok])])
+    _, pool = metrics.class_means(rec.embed(crops[rows]), labels[rows])
+    q_paths, ids, d_paths = celeba_ir_images(common.require_data(args, "celeba_ir"))
+    queries = embed_arrays(rec, [load_image(q) for q in q_paths])
+    distractors = rec.embed_images(d_paths, "crop")
+    pos, neg = celeba_ir_scores(queries, ids, distractors)
+    raw = np.concatenate([pos, neg])
+    table = bootstrap.query_distractor_table(ids, len(d_paths))
+    size, k, thr = calibration.cohort_size, calibration.k, calibration.threshold
+    rng = np.random.default_rng(0)
+    draws, first = [], None
+    for d in range(2 if args.quick else args.draws):
+        cohort = pool[rng.choice(len(pool), size, replace=False)]
+        _, normed = celeba_ir_pairs(queries, ids, distractors, top_k_stats(queries, cohort, k),
+                                    top_k_stats(distractors, cohort, k))
+        npos, nneg = normed[table.positive], normed[~table.positive]
+        draws.append({"fpr_at_threshold": float(np.mean(nneg > thr)), "tpr_at_threshold": float(np.mean(npos > thr)),
+                      **{f"tpr@fpr={f:g}": metrics.tpr_at_fpr(npos, nneg, f)[0] for f in (0.05, 0.01, 0.001)}})
+        first = normed if first is None else first
+    raw_row = {"fpr_at_threshold": float(np.mean(neg > rec.threshold)), "tpr_at_threshold": float(np.mean(pos > rec.threshold)),
+               **{f"tpr@fpr={f:g}": metrics.tpr_at_fpr(pos, neg, f)[0] for f in (0.05, 0.01, 0.001)}}
+    paired = {f"tpr@fpr={f:g}": bootstrap.compare_tar(table, first, raw, f, rounds) for f in (0.01, 0.001)}
+    result = {"gallery": str(args.gallery), "pool_identities": len(pool), "cohort_size": size, "k": k,
+              "threshold": thr, "raw": raw_row, "draws": draws, "first_draw_paired": paired}
+    keys = ["fpr_at_threshold", "tpr_at_threshold", "tpr@fpr=0.05", "tpr@fpr=0.01", "tpr@fpr=0.001"]
+    rows_out = [["raw cosine (threshold %.3f)" % rec.threshold] + [f"{raw_row[key]:.4f}" for key in keys]]
+    rows_out += [[f"AS-norm, cohort draw {i} (threshold {thr:.3f})"] + [f"{d[key]:.4f}" for key in keys]
+                 for i, d in enumerate(draws)]
+    text = common.markdown_table(["scores", "FPR at threshold", "TPR at threshold", "TPR @ FPR 0.05", "TPR @ FPR 0.01",
+                                  "TPR @ FPR 0.001"], rows_out)
+    text += "\n\n" + common.markdown_table(["figure", "raw cosine", "AS-norm", "AS-norm - raw (90%)", "AS-norm ahead"],
+                                           [row(f"celeba_ir, draw 0, TPR @ FPR {f}", paired[f"tpr@fpr={f}"])
+                                            for f in ("0.01", "0.001")])
+    text += (f"\n\ncohorts: {size} of {len(pool)} identities of {args.gallery} ({len(rows)} images), K = {k}; "
+             f"model {rec.version}; {rounds} identity resamplings")
+    return result, text
+
+
 def row(name: str, comparison: dict) -> list[str]:
     a, b, d = comparison["a"], comparison["b"], comparison["a_minus_b"]
     return [name, f"{b['point']:.3f}", f"{a['point']:.3f}", f"{d['point']:+.3f} ({d['ci90'][0]:+.3f} to {d['ci90'][1]:+.3f})",
@@ -71,10 +124,22 @@ def main() -> int:
     p.add_argument("--cache", default=str(common.ROOT / ".cache"))
     p.add_argument("--celeba-ir", action="store_true", help="also celeba_ir, at --celeba-ir-k only (the test set)")
     p.add_argument("--celeba-ir-k", type=int, default=200)
+    p.add_argument("--gallery", default=None, help="the served form: cohorts drawn from this source's identities")
+    p.add_argument("--draws", type=int, default=10, help="cohort draws with --gallery (default 10)")
+    p.add_argument("--calibration", default=None, help="default: the model's .score_norm.json beside it")
     args = p.parse_args()
     common.set_threads(args.threads)
     start = time.perf_counter()
     from recognizer import Recognizer
+    from recognizer.score_norm import Calibration, calibration_path
+
+    if args.gallery:
+        rec = Recognizer(args.model)
+        calibration = Calibration.load(args.calibration or calibration_path(args.model))
+        if calibration.model_version != rec.version:
+            raise SystemExit(f"the calibration is of model {calibration.model_version}, not {rec.version}")
+        results, text = gallery_cohort(args, rec, calibration, 100 if args.quick else ROUNDS)
+        return common.finish("score_norm-gallery", args, results, text, start)
     from trainer import bootstrap, metrics
     from trainer.data import model_split, sample_rows
     from trainer.release import celeba_ir_images, embed_arrays

@@ -106,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--cache", default=".cache")
     cmp_.add_argument("--threads", type=int, default=None)
 
+    cal = sub.add_parser("calibrate-norm", help="the AS-norm threshold of a model, for a cohort of people from the "
+                                                  "user's gallery (written beside the model)")
+    cal.add_argument("--model", required=True)
+    cal.add_argument("--celeba1k", required=True, help="the training set: calibrated on its held-out people")
+    cal.add_argument("--out", default=None, help="default: <model stem>.score_norm.json beside the model")
+    cal.add_argument("--cohort-size", type=int, default=None, help="people in the cohort (default 400)")
+    cal.add_argument("--k", type=int, default=None, help="top cosines per face against the cohort (default 100)")
+    cal.add_argument("--draws", type=int, default=None, help="cohorts drawn from the training identities (default 20)")
+    cal.add_argument("--cache", default=".cache")
+    cal.add_argument("--threads", type=int, default=None)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -197,6 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         print(format_comparison(report))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
+        return 0
+    if args.command == "calibrate-norm":
+        from pathlib import Path
+
+        from . import score_norm
+
+        try:
+            calibration, report = score_norm.calibrate_model(
+                Path(args.model), Path(args.celeba1k), args.cache or None, Path(args.out) if args.out else None,
+                args.cohort_size or score_norm.COHORT_SIZE, args.k or score_norm.TOP_K, args.draws or score_norm.DRAWS)
+        except ValueError as exc:
+            print(f"python -m trainer calibrate-norm: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"calibration": calibration.__dict__, "report": report}, indent=1))
         return 0
     if args.command == "bundle":
         from . import bundle

@@ -61,6 +61,7 @@ class Match:
     name: str
     cosine: float
     angle_deg: float
+    score: float | None = None  # AS-norm score against the gallery's cohort, where there is one
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from .detector import DetectedFace, FaceDetector
 from .embedder import Embedder
 from .images import ImageSource, load_image
 from .preprocess import FRAME_SIZE, align_face, align_frame, crop_aligned_frame, frame_to_input, resize_to_input
+from .score_norm import find_calibration
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Recognizer:
         self.recipe = self.artifact.recipe
         self.version = self.artifact.version
         self.threshold = self.artifact.threshold
+        # AS-norm's threshold, from the file beside the model (None: the cosine alone)
+        self.score_norm = None if isinstance(model, ModelArtifact) else find_calibration(model, self.version)
         self.dim = self.artifact.embedding_size
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels

@@ -15,6 +15,7 @@ itself (people of the user's gallery) is chosen in ``index.cohort``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .errors import GalleryError
+from .errors import ModelArtifactError
 
 FORMAT = "face-score-norm"
+log = logging.getLogger(__name__)
 
 
 def calibration_path(model_path: str | os.PathLike[str]) -> Path:
@@ -67,20 +69,38 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Calibration":
-        """Read a calibration file; GalleryError naming what is wrong with it."""
+        """Read a calibration file; ModelArtifactError naming what is wrong with it."""
         try:
             body = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise GalleryError(f"cannot read the score-norm calibration {path}: {exc}") from None
+            raise ModelArtifactError(f"cannot read the score-norm calibration {path}: {exc}") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise GalleryError(f"{path} is not a score-norm calibration (format {FORMAT!r})")
+            raise ModelArtifactError(f"{path} is not a score-norm calibration (format {FORMAT!r})")
         try:
             cal = cls(str(body["model_version"]), int(body["cohort_size"]), int(body["k"]),
                       float(body["threshold"]), float(body["far"]), str(body["source"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise GalleryError(f"{path}: missing or bad field: {exc}") from None
+            raise ModelArtifactError(f"{path}: missing or bad field: {exc}") from None
         if not (1 <= cal.k < cal.cohort_size and np.isfinite(cal.threshold)):
-            raise GalleryError(f"{path}: needs 1 <= k < cohort_size and a finite threshold")
+            raise ModelArtifactError(f"{path}: needs 1 <= k < cohort_size and a finite threshold")
         return cal
 
 
+
+
+def find_calibration(model_path: str | os.PathLike[str], model_version: str) -> Calibration | None:
+    """The calibration beside a model, if there is one and it is this model's; a log line says
+    why a file there is not used (the service then decides on the cosine alone)."""
+    path = calibration_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        calibration = Calibration.load(path)
+    except ModelArtifactError as exc:
+        log.warning("score normalisation off: %s", exc.message)
+        return None
+    if calibration.model_version != model_version:
+        log.warning("score normalisation off: %s is for model %s, not %s", path, calibration.model_version,
+                    model_version)
+        return None
+    return calibration

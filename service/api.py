@@ -50,14 +50,56 @@ def face_json(face: DetectedFace) -> dict[str, Any]:
 
 
 def match_json(m: Match) -> dict[str, Any]:
-    return {"person_id": m.person_id, "name": m.name, "cosine": round(m.cosine, 6),
-            "angle_deg": round(m.angle_deg, 3)}
+    body = {"person_id": m.person_id, "name": m.name, "cosine": round(m.cosine, 6), "angle_deg": round(m.angle_deg, 3)}
+    if m.score is not None:
+        body["score"] = round(m.score, 4)
+    return body
 
 
 def threshold_of(svc: Service, body: RequestBody) -> tuple[float, str]:
     value = body.get("threshold")
     thr = float_param(value, "threshold", svc.recognizer.threshold, -1.0, 1.0)
     return thr, ("model" if value in (None, "") else "request")
+
+
+SCORE_NORM_CHOICES = ("on", "off")
+
+
+def wants_score_norm(svc: Service, body: RequestBody, threshold_source: str) -> tuple[bool, str | None]:
+    """(use AS-norm?, why not, when the request asked for it). The request's ``score_norm`` (``on``
+    or ``off``) defaults to the server's SCORE_NORM (``off`` unless it is ``default``). A request
+    threshold is a cosine, so it cannot go with ``on``. Whether the gallery has a cohort yet is
+    for the cache to say."""
+    default = "on" if svc.config.score_norm == "default" else "off"
+    choice = str_param(body.get("score_norm"), "score_norm") or default
+    if choice not in SCORE_NORM_CHOICES:
+        raise InvalidRequestError(f"score_norm must be one of {', '.join(SCORE_NORM_CHOICES)}, got {choice!r}",
+                                  field="score_norm")
+    if choice == "off":
+        return False, None
+    if threshold_source == "request":
+        if body.get("score_norm") in (None, ""):
+            return False, None  # the server's default gives way to a cosine threshold sent by the client
+        raise InvalidRequestError("threshold is a cosine threshold: send it with score_norm off, or leave it out",
+                                  field="threshold")
+    if svc.config.score_norm == "off":
+        return False, "score normalisation is off on this server (SCORE_NORM=off)"
+    if svc.recognizer.score_norm is None:
+        return False, f"model {svc.recognizer.version} has no score-norm calibration beside it"
+    return True, None
+
+
+def rule_json(svc: Service, normed: bool, asked: bool, why_not: str | None) -> dict[str, Any]:
+    """How the decision was made (on the cosine, or on the AS-norm score and its threshold), and
+    why not on the score when the request asked for it."""
+    if normed:
+        return {"rule": "as_norm", "score_threshold": round(svc.recognizer.score_norm.threshold, 4)}
+    body: dict[str, Any] = {"rule": "cosine"}
+    if asked or why_not:
+        status = svc.cache.cohort_status()
+        body["score_norm_unused"] = why_not or (f"the gallery has {status.get('people', 0)} people with vectors; "
+                                                f"the cohort needs {status.get('cohort_size')}")
+    return body
 
 
 def largest_face(svc: Service, upload: Upload) -> tuple[np.ndarray, DetectedFace, int]:
@@ -84,13 +126,19 @@ def identify() -> Any:
     # A checkpoint camera sees faces of 80 px and more: not looking for smaller ones halves detection.
     min_face_size = int_param(body.get("min_face_size"), "min_face_size", svc.config.min_face_size,
                               svc.config.min_face_size, MAX_MIN_FACE_SIZE)
+    norm, why_not = wants_score_norm(svc, body, source)
     upload = body.image("image")
     found = svc.recognizer.analyze(upload.data, min_face_size)
     # The freshness check happens here, after the slow part, right before answering.
-    candidates = svc.cache.search(np.stack([f.embedding for f in found]), k) if found else []
+    candidates = svc.cache.search(np.stack([f.embedding for f in found]), k, score_norm=norm) if found else []
+    # AS-norm only where the gallery has its cohort: every match then carries a score
+    normed = norm and any(m.score is not None for row in candidates for m in row)
     faces = []
     for item, matches in zip(found, candidates):
-        decision = decide(matches, threshold)
+        if normed and matches:
+            decision = "match" if matches[0].score >= svc.recognizer.score_norm.threshold else "unknown"
+        else:
+            decision = decide(matches, threshold)
         faces.append({
             **face_json(item.face),
             "decision": decision,
@@ -98,7 +146,7 @@ def identify() -> Any:
             "matches": [match_json(m) for m in matches],
         })
     return {"model_version": svc.recognizer.version, "threshold": threshold, "threshold_source": source,
-            "k": k, "min_face_size": min_face_size, "faces": faces}
+            **rule_json(svc, normed, norm and bool(found), why_not), "k": k, "min_face_size": min_face_size, "faces": faces}
 
 
 @v1.post("/verify")
@@ -108,6 +156,7 @@ def verify() -> Any:
     svc = current_service()
     body = RequestBody(request, svc.config)
     threshold, source = threshold_of(svc, body)
+    norm, why_not = wants_score_norm(svc, body, source)
     person_id = str_param(body.get("person_id"), "person_id") or None
     first = body.image("image")
     second = body.image("image2", required=False)
@@ -129,9 +178,14 @@ def verify() -> Any:
                                 person_id=person_id)
         result["person"] = {"person_id": person.person_id, "name": person.name}
     cosine = float(np.clip(np.dot(emb_a.astype(np.float64), emb_b.astype(np.float64)), -1.0, 1.0))
-    result.update({"same": cosine >= threshold, "cosine": round(cosine, 6),
+    score = svc.cache.pair_score(emb_a, emb_b, cosine, person_id) if norm else None
+    same = cosine >= threshold if score is None else score >= svc.recognizer.score_norm.threshold
+    result.update({"same": same, "cosine": round(cosine, 6),
                    "angle_deg": round(cosine_to_angle_deg(cosine), 3), "threshold": threshold,
-                   "threshold_source": source, "model_version": svc.recognizer.version})
+                   "threshold_source": source, **rule_json(svc, score is not None, norm, why_not),
+                   "model_version": svc.recognizer.version})
+    if score is not None:
+        result["score"] = round(score, 4)
     return result
 
 
@@ -331,6 +385,7 @@ def health() -> Any:
             cache.sync()
         body["gallery"] = {"people": svc.store.count_people(), "people_with_vectors": len(svc.cache),
                            "generation": svc.cache.gen}
+        body["score_norm"] = {"server": svc.config.score_norm, **svc.cache.cohort_status()}
         body["models"] = {"loaded": svc.models.versions, "answering": svc.answering,
                           **read_state(svc.store).to_dict()}
         body["queue"] = {"name": svc.queue.name, "depth": svc.queue.count}

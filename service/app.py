@@ -73,7 +73,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     conn = conn or connect_redis(cfg)
     stores = {r.version: GalleryStore(conn, r.version, r.dim, prefix=cfg.redis_key_prefix,
                                       stream_maxlen=cfg.change_stream_maxlen) for r in models}
-    caches = {version: GalleryCache(store, cfg.gallery_snapshot_dir or None, cfg.gallery_snapshot_nprobe)
+    caches = {version: GalleryCache(store, cfg.gallery_snapshot_dir or None, cfg.gallery_snapshot_nprobe,
+                                    None if cfg.score_norm == "off" else models[version].score_norm)
               for version, store in stores.items()}
     try:
         for cache in caches.values():

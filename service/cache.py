@@ -18,6 +18,7 @@ when the snapshot cannot be followed up to now, the rebuild reads Redis as above
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,9 @@ import numpy as np
 import redis
 
 from index import Match, SnapshotIndex, VectorIndex, cosine_to_angle_deg, mean_embedding
+from index.cohort import Cohort, id_hashes, pick_cohort
 from recognizer.errors import GalleryError, InvalidRequestError
+from recognizer.score_norm import Calibration
 
 from .errors import ServiceUnavailableError
 from .snapshot import GallerySnapshot, open_current
@@ -43,8 +46,10 @@ class GalleryCache:
     is not thread-safe and the server may run several request threads per process.
     """
 
-    def __init__(self, store: GalleryStore, snapshot_dir: str | None = None, snapshot_nprobe: int | None = None) -> None:
+    def __init__(self, store: GalleryStore, snapshot_dir: str | None = None, snapshot_nprobe: int | None = None,
+                 score_norm: Calibration | None = None) -> None:
         self.store = store
+        self.score_norm = score_norm  # None: no cohort is kept, decisions stay on the cosine
         self.snapshot_dir = snapshot_dir
         self.snapshot_nprobe = snapshot_nprobe  # None: the index's default
         self._lock = threading.RLock()
@@ -61,6 +66,12 @@ class GalleryCache:
         self.rebuilds = 0
         self.last_sync = 0.0
         self.source = "none"  # where the last rebuild came from: "snapshot" or "redis"
+        # The AS-norm cohort (index/cohort.py), worked out again only after a change that can move it
+        self._cohort: Cohort | None = None
+        self._cohort_ids: set[str] = set()
+        self._cohort_max_hash = 0
+        self._cohort_stale = True
+        self._snapshot_order: np.ndarray | None = None  # the snapshot's rows by id hash, once per snapshot
 
     # -- following Redis ---------------------------------------------------------------
 
@@ -153,6 +164,7 @@ class GalleryCache:
         """Start over on ``index``: empty, or a snapshot whose rows are ids 0..n-1."""
         self._index, self._snapshot = index, snap
         self.source = "redis" if snap is None else "snapshot"
+        self._cohort_stale, self._snapshot_order = True, None
         self._int_of.clear()
         self._pid_of.clear()
         self._names.clear()
@@ -180,6 +192,7 @@ class GalleryCache:
                 self._put(pid, *entry)
 
     def _put(self, pid: str, name: str, vectors: np.ndarray) -> None:
+        self._touch_cohort(pid)
         if vectors.shape[0] == 0:
             self._drop(pid)
             return
@@ -199,6 +212,7 @@ class GalleryCache:
         self._index.upsert(int_id, vector)
 
     def _drop(self, pid: str) -> None:
+        self._touch_cohort(pid)
         int_id = self._int_id(pid)
         self._int_of.pop(pid, None)
         self._names.pop(pid, None)
@@ -207,10 +221,65 @@ class GalleryCache:
             if int_id in self._index:
                 self._index.remove(int_id)
 
+    # -- the AS-norm cohort ------------------------------------------------------------
+
+    def _touch_cohort(self, pid: str) -> None:
+        """``pid`` changed: the cohort needs working out again only if they are in it, or would be."""
+        if self.score_norm is None or self._cohort_stale:
+            return
+        if (len(self._cohort_ids) < self.score_norm.cohort_size or pid in self._cohort_ids
+                or int(id_hashes([pid])[0]) <= self._cohort_max_hash):
+            self._cohort_stale = True
+
+    def _cohort_locked(self) -> Cohort | None:
+        """The cohort (the calibrated number of people with the smallest id hashes), or None when the
+        gallery has fewer people or no calibration was given."""
+        cal = self.score_norm
+        if cal is None:
+            return None
+        if self._cohort_stale:
+            ids = self._smallest_hashes(cal.cohort_size)
+            self._cohort_ids = set(ids)
+            self._cohort_max_hash = int(id_hashes(ids).max()) if ids else 0
+            self._cohort = None
+            if len(ids) == cal.cohort_size:
+                vectors = np.stack([self._index.reconstruct(self._int_id(pid)) for pid in ids])
+                self._cohort = Cohort(ids, vectors, cal.k)
+            self._cohort_stale = False
+        return self._cohort
+
+    def _smallest_hashes(self, size: int) -> list[str]:
+        """The ``size`` people in the index with the smallest id hashes. Without a snapshot every
+        person is in ``_int_of``; with one, its rows are walked in hash order (sorted once per
+        snapshot), skipping the removed and those changed since (they are in ``_int_of``)."""
+        best = pick_cohort(list(self._int_of), size)
+        if self._snapshot is not None:
+            if self._snapshot_order is None:
+                self._snapshot_order = np.argsort(id_hashes(self._snapshot.pids), kind="stable")
+            extra: list[str] = []
+            for row in self._snapshot_order.tolist():
+                if len(extra) >= size:
+                    break
+                pid = self._snapshot.pid_of(row)
+                if pid not in self._int_of and row in self._index:
+                    extra.append(pid)
+            best = pick_cohort(best + extra, size)
+        return best
+
+    def cohort_status(self) -> dict:
+        """How far the gallery is from a cohort: what /health and the console show."""
+        with self._lock:
+            if self.score_norm is None:
+                return {"calibrated": False, "active": False}
+            cohort = self._cohort_locked()
+            return {"calibrated": True, "active": cohort is not None, "cohort_size": self.score_norm.cohort_size,
+                    "people": len(self._index), "k": self.score_norm.k, "threshold": self.score_norm.threshold}
+
     # -- queries -----------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, sync: bool = True) -> list[list[Match]]:
-        """Top-``k`` people for each query embedding (best first), after a freshness check."""
+    def search(self, queries: np.ndarray, k: int, sync: bool = True, score_norm: bool = False) -> list[list[Match]]:
+        """Top-``k`` people for each query embedding (best first by cosine), after a freshness check.
+        With ``score_norm`` and a cohort, each match also carries its AS-norm score."""
         with self._lock:
             if sync:
                 self.sync()
@@ -218,12 +287,31 @@ class GalleryCache:
             if q.shape[0] == 0 or len(self._index) == 0:
                 return [[] for _ in range(q.shape[0])]
             cosines, ids = self._index.search(q, min(int(k), len(self._index)))
-            found = [[(min(1.0, max(-1.0, float(cos))), self._pid(int_id))
+            found = [[(min(1.0, max(-1.0, float(cos))), self._pid(int_id), int_id)
                       for cos, int_id in zip(row_cos, row_ids) if int_id >= 0]
                      for row_cos, row_ids in zip(cosines.tolist(), ids.tolist())]
-            names = self._names_of({pid for row in found for _, pid in row if pid is not None})
-            return [[Match(pid, names[pid], cos, cosine_to_angle_deg(cos)) for cos, pid in row if pid in names]
-                    for row in found]
+            names = self._names_of({pid for row in found for _, pid, _ in row if pid is not None})
+            found = [[(cos, pid, int_id) for cos, pid, int_id in row if pid in names] for row in found]
+            cohort = self._cohort_locked() if score_norm else None
+            results = []
+            for probe, row in zip(q, found):
+                matches = [Match(pid, names[pid], cos, cosine_to_angle_deg(cos)) for cos, pid, _ in row]
+                if cohort is not None and matches:
+                    people = np.stack([self._index.reconstruct(int_id) for _, _, int_id in row])
+                    scores = cohort.scores(probe, people, [m.person_id for m in matches], [m.cosine for m in matches])
+                    matches = [dataclasses.replace(m, score=float(z)) for m, z in zip(matches, scores)]
+                results.append(matches)
+            return results
+
+    def pair_score(self, first: np.ndarray, second: np.ndarray, cosine: float, person_id: str | None = None) -> float | None:
+        """AS-norm score of two faces (``second`` may be an enrolled person's vector: ``person_id``
+        is then left out of both cohorts), or None when there is no cohort. Call after a sync."""
+        with self._lock:
+            cohort = self._cohort_locked()
+            if cohort is None:
+                return None
+            return float(cohort.scores(first, np.asarray(second, np.float32).reshape(1, -1), [person_id],
+                                       [cosine])[0])
 
     def _names_of(self, pids: set[str]) -> dict[str, str]:
         """Names of these people: kept for those loaded in this process, read from Redis for a

@@ -39,6 +39,11 @@ class ServiceConfig:
     detect_max_side: int = 1600  # larger photos are searched for faces on a copy this size (0: full size)
     min_detection_probability: float = 0.9
     inference_backend: str = "torch"  # "onnx": embedding network + MTCNN's R/O-Nets under ONNX Runtime
+    # AS-norm (index/cohort.py): "opt_in" lets a request ask for it (score_norm=on), "default" uses
+    # it unless a request says off, "off" never. It needs the model's calibration file and a gallery
+    # of at least its cohort size (400 people). Opt-in because the registered test failed with a
+    # cohort from another source than the probes (docs/BENCHMARKS.md).
+    score_norm: str = "opt_in"
     min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this
     enroll_embed_batch: int = 16  # faces per forward pass in an enrollment job (2x faster than 1 on CPU)
     default_k: int = 5
@@ -158,6 +163,8 @@ def _check(c: ServiceConfig) -> None:
         raise ConfigError(f"DETECT_MAX_SIDE must be 0 (off) or at least 4 x MIN_FACE_SIZE, got {c.detect_max_side}")
     if c.inference_backend not in ("torch", "onnx"):
         raise ConfigError(f"INFERENCE_BACKEND must be 'torch' or 'onnx', got {c.inference_backend!r}")
+    if c.score_norm not in ("opt_in", "default", "off"):
+        raise ConfigError(f"SCORE_NORM must be 'opt_in', 'default' or 'off', got {c.score_norm!r}")
     if not 0.0 <= c.min_detection_probability <= 1.0:
         raise ConfigError("MIN_DETECTION_PROBABILITY must be in [0, 1]")
     if not 1 <= c.default_k <= c.max_k:

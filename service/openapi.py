@@ -49,6 +49,13 @@ THRESHOLD = {"type": "number", "minimum": -1, "maximum": 1,
 MIN_FACE_SIZE = {"type": "integer", "minimum": 12, "maximum": 4096,
                  "description": "smallest face to look for, in the photo's pixels (at least MIN_FACE_SIZE, the "
                                 "default); larger is cheaper: 80 for a checkpoint camera"}
+SCORE_NORM = {"type": "string", "enum": ["on", "off"],
+              "description": "on: once the gallery holds the model's calibrated cohort (400 people), decide on the "
+                             "AS-norm score, which marks down faces that resemble many people; off: on the cosine. "
+                             "Default: the server's SCORE_NORM (off unless it is 'default'). Not with threshold"}
+RULE = {"rule": {"enum": ["cosine", "as_norm"], "description": "what the decision was made on"},
+        "score_threshold": {"type": "number", "description": "the AS-norm threshold (rule as_norm only)"},
+        "score_norm_unused": {"type": "string", "description": "why score_norm on fell back to the cosine"}}
 PERSON_ID_PARAM = {"name": "person_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -103,7 +110,8 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "summary": "Who is in this photo? Every face with its top-k people and a decision",
             "security": read,
             "requestBody": _image_body({"image": "the photo"},
-                                       {"k": K, "threshold": THRESHOLD, "min_face_size": MIN_FACE_SIZE}, ["image"]),
+                                       {"k": K, "threshold": THRESHOLD, "score_norm": SCORE_NORM,
+                                        "min_face_size": MIN_FACE_SIZE}, ["image"]),
             "responses": {"200": _ok("Faces found (possibly none)", {"$ref": "#/components/schemas/Identify"}),
                           **COMMON_ERRORS},
         }},
@@ -112,7 +120,8 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "security": read,
             "requestBody": _image_body(
                 {"image": "first photo (its largest face is used)", "image2": "second photo"},
-                {"person_id": {"type": "string", "description": "instead of image2"}, "threshold": THRESHOLD},
+                {"person_id": {"type": "string", "description": "instead of image2"}, "threshold": THRESHOLD,
+                 "score_norm": SCORE_NORM},
                 ["image"]),
             "responses": {"200": _ok("Verdict", {"$ref": "#/components/schemas/Verify"}),
                           "404": _err("Unknown person"),
@@ -215,7 +224,8 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
     }
     match = {"type": "object", "properties": {
         "person_id": {"type": "string"}, "name": {"type": "string"},
-        "cosine": {"type": "number"}, "angle_deg": {"type": "number"}}}
+        "cosine": {"type": "number"}, "angle_deg": {"type": "number"},
+        "score": {"type": "number", "description": "AS-norm score, where the gallery has its cohort"}}}
     face = {"type": "object", "properties": {
         "box": {"type": "array", "items": {"type": "number"}, "description": "x0, y0, x1, y1"},
         "probability": {"type": "number"}}}
@@ -231,14 +241,15 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "Match": match,
             "Face": face,
             "Identify": {"type": "object", "properties": {
-                "model_version": {"type": "string"}, "threshold": {"type": "number"}, "k": {"type": "integer"},
+                "model_version": {"type": "string"}, "threshold": {"type": "number"}, "k": {"type": "integer"}, **RULE,
                 "faces": {"type": "array", "items": {"allOf": [face, {"type": "object", "properties": {
                     "decision": {"enum": ["match", "unknown"]},
                     "person": {"oneOf": [match, {"type": "null"}]},
                     "matches": {"type": "array", "items": match}}}]}}}},
             "Verify": {"type": "object", "properties": {
                 "same": {"type": "boolean"}, "cosine": {"type": "number"}, "angle_deg": {"type": "number"},
-                "threshold": {"type": "number"}}},
+                "threshold": {"type": "number"}, **RULE,
+                "score": {"type": "number", "description": "the AS-norm score (rule as_norm only)"}}},
             "NewPerson": {"type": "object", "required": ["name"], "properties": {
                 "name": {"type": "string"}, "person_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
                 "metadata": {"type": "object"}}},

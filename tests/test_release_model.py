@@ -115,3 +115,24 @@ def test_verify_says_same_false_for_two_people_and_true_against_an_enrolled_one(
     # of three new photos against the enrolled mean, at least one passes, and they score higher.
     assert any(v["same"] for v in same), same
     assert np.mean([v["cosine"] for v in same]) > np.mean([v["cosine"] for v in other]) + 0.2, (same, other)
+
+
+def test_the_service_view_takes_photos_through_the_detector(shipped, astronaut, tmp_path):
+    """The release's "photos as the service sees them": real photos go through detection and
+    alignment, and the shipped threshold tells the two people apart there."""
+    from PIL import Image
+    from skimage import data
+
+    from trainer.release import service_view
+
+    head = astronaut[10:250, 110:340]
+    camera = np.stack([data.camera()] * 3, axis=-1)
+    photos = [(head, 0), (np.ascontiguousarray(head[:, ::-1]), 0), (camera, 1), (camera[20:, 30:], 1)]
+    paths = []
+    for n, (pixels, _) in enumerate(photos):
+        paths.append(tmp_path / f"{n}.png")
+        Image.fromarray(np.ascontiguousarray(pixels)).save(paths[-1])
+    view = service_view(shipped, paths, np.array([label for _, label in photos]))
+    assert view["faces_found"] == 4 and view["photos"] == 4
+    assert view["tar_at_threshold"] == 1.0 and view["far_at_threshold"] == 0.0
+    assert view["threshold_at_far"] < shipped.threshold < 1.0

@@ -282,6 +282,11 @@ def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should
     assert report["version"] in card and "{{" not in card and source.training["machine"]["cpu"] in card
     assert json.loads((tmp_path / "models" / "card.json").read_text())["version"] == report["version"]
     assert half_precision(source).threshold == source.threshold
+    # the held-out photos through the detector, and AS-norm's calibration (too few people here: skipped, saying why)
+    view = report["split"]["service_view"]
+    assert view["skipped"].startswith("faces found in 0 of")  # MTCNN finds no face in these drawings
+    assert "Photos as the service sees them:" in card and "cohort size" in report["score_norm"]["skipped"]
+    assert not (tmp_path / "models" / "facerec.score_norm.json").exists()
 
 
 # ---- distillation from a teacher ------------------------------------------------------------------

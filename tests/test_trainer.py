@@ -360,6 +360,29 @@ def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, t
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["distiller"]
 
 
+def test_the_spread_out_term_sees_only_pairs_of_different_people():
+    from trainer.spread import SpreadOut
+
+    term = SpreadOut()
+    orthogonal = torch.eye(4, 16)
+    assert float(term(orthogonal, torch.tensor([0, 1, 2, 3]))) == 0.0
+    alike = torch.nn.functional.normalize(torch.ones(4, 16) + 0.01 * torch.eye(4, 16), dim=1)
+    assert float(term(alike, torch.tensor([0, 1, 2, 3]))) > 0.9  # strangers with cosine ~1
+    assert float(term(alike, torch.tensor([5, 5, 5, 5]))) == 0.0  # one person: no pair counts
+    # one-image people (-1) are strangers to each other and to everyone
+    assert float(term(alike, torch.tensor([-1, -1, 5, 5]))) == pytest.approx(float(term(alike, torch.tensor([0, 1, 2, 2]))))
+    # 1/d is the mean squared cosine of random directions: no push below it
+    spread = torch.nn.functional.normalize(torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert float(term(spread, torch.arange(64))) < 0.01
+
+
+def test_fit_with_the_spread_out_term_logs_it(synthetic_celeba, tmp_path):
+    config = get_config("tiny", epochs=1, spread_weight=1.0)
+    Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None).fit()
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 < history[0]["spread_loss"] < 1.0 and "distill_loss" not in history[0]
+
+
 def test_the_teacher_cache_is_found_however_the_folder_is_typed(synthetic_celeba, tmp_path, monkeypatch):
     """`trainer teacher --data /abs/celeba1k` then `fit --data ../rel/celeba1k`: the same cache
     (once a different key, and every celeba1k image silently went untaught). A source with no

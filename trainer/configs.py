@@ -45,6 +45,9 @@ class TrainConfig:
     # distill="both": the projected term plus this many times the relational one (3.7 matches
     # their gradients on the shipped model; see trainer/distill.py).
     distill_relation_share: float = 3.7
+    # The spread-out term (trainer/spread.py) at this weight: impostor pairs of the batch pulled
+    # towards orthogonal. 0: off.
+    spread_weight: float = 0.0
     seed: int = 0
     workers_threads: int | None = None
     # The final model's BatchNorm statistics, measured again on this many clean training images and

@@ -29,6 +29,7 @@ from .configs import TrainConfig
 from .cosface import CosFaceHead
 from .data import Splits, add_extra_sources, closed_set_gallery, discover, load_crops, make_splits, sample_rows
 from .distill import ProjectedDistillation, build_distiller
+from .spread import SpreadOut
 from .precision import autocast, cpu_name, resolve_precision
 
 THRESHOLD_FAR = 1e-3
@@ -348,7 +349,8 @@ class Trainer:
         self.train_mode()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
-        total_loss, total_distill, correct, seen, classed = 0.0, 0.0, 0, 0, 0
+        total_loss, total_distill, total_spread, correct, seen, classed = 0.0, 0.0, 0.0, 0, 0, 0
+        spread_out = SpreadOut() if config.spread_weight > 0 else None
         start = time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
                    mininterval=10)
@@ -368,6 +370,9 @@ class Trainer:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, device):
                 embeddings = self.model(batch)
+            if spread_out is not None:  # before the teacher-only rows (-1) are dropped: they are people too
+                spread = spread_out(embeddings, targets)
+                total_spread += spread.item() * len(sel)
             has_class = targets >= 0  # teacher-only rows (-1) get the distillation term alone
             targets = targets[has_class]
             loss, cosines = (self.head(embeddings.float()[has_class], targets) if len(targets)
@@ -378,6 +383,8 @@ class Trainer:
                                          torch.from_numpy(self.teacher_have[rows]).to(device))
                 total_distill += distill.item() * len(sel)
                 loss = loss + config.distill_weight * distill
+            if spread_out is not None:
+                loss = loss + config.spread_weight * spread
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -391,6 +398,7 @@ class Trainer:
         elapsed = time.time() - start
         return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(classed, 1),
                 **({"distill_loss": total_distill / max(seen, 1)} if self.distiller is not None else {}),
+                **({"spread_loss": total_spread / max(seen, 1)} if spread_out is not None else {}),
                 "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
                 "lr": self.scheduler.get_last_lr()[0], "margin": self.head.margin}
 

@@ -257,12 +257,14 @@ class GalleryCache:
             if self._snapshot_order is None:
                 self._snapshot_order = np.argsort(id_hashes(self._snapshot.pids), kind="stable")
             extra: list[str] = []
-            for row in self._snapshot_order.tolist():
+            order = self._snapshot_order
+            for start in range(0, len(order), 4 * size):  # a few hundred rows read, not a list of millions
+                for row in order[start:start + 4 * size].tolist():
+                    pid = self._snapshot.pid_of(row)
+                    if pid not in self._int_of and row in self._index:
+                        extra.append(pid)
                 if len(extra) >= size:
                     break
-                pid = self._snapshot.pid_of(row)
-                if pid not in self._int_of and row in self._index:
-                    extra.append(pid)
             best = pick_cohort(best + extra, size)
         return best
 
@@ -305,7 +307,7 @@ class GalleryCache:
 
     def pair_score(self, first: np.ndarray, second: np.ndarray, cosine: float, person_id: str | None = None) -> float | None:
         """AS-norm score of two faces (``second`` may be an enrolled person's vector: ``person_id``
-        is then left out of both cohorts), or None when there is no cohort. Call after a sync."""
+        is then left out of both cohorts), or None when there is no cohort (as of the last sync)."""
         with self._lock:
             cohort = self._cohort_locked()
             if cohort is None:

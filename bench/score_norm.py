@@ -30,9 +30,9 @@ import numpy as np
 from bench import common
 from recognizer.score_norm import as_norm
 from recognizer.score_norm import top_k_stats as score_stats
+from trainer.score_norm import COHORT_IMAGES_PER_IDENTITY
 
 KS = (50, 200, 1000)
-COHORT_IMAGES_PER_IDENTITY = 8
 ROUNDS = 1000
 
 
@@ -67,15 +67,13 @@ def gallery_cohort(args, rec, calibration, rounds: int) -> tuple[dict, str]:
     """The served form on celeba_ir: cohorts of people from ``args.gallery``, the calibrated threshold."""
     from recognizer.images import load_image
     from trainer import bootstrap, metrics
-    from trainer.data import discover, load_crops, sample_rows
+    from trainer.data import discover, load_crops
     from trainer.release import celeba_ir_images, celeba_ir_scores, embed_arrays
+    from trainer.score_norm import training_identity_means
 
     source = discover(args.gallery)
     crops, ok = load_crops(source, rec.recipe, args.cache)
-    labels = source.labels
-    rows = np.concatenate([sample_rows(np.flatnonzero(ok & (labels == c)), COHORT_IMAGES_PER_IDENTITY, 0)
-                           for c in np.unique(labels[ok])])
-    _, pool = metrics.class_means(rec.embed(crops[rows]), labels[rows])
+    pool = training_identity_means(rec, crops, source.labels, np.flatnonzero(ok), COHORT_IMAGES_PER_IDENTITY)
     q_paths, ids, d_paths = celeba_ir_images(common.require_data(args, "celeba_ir"))
     queries = embed_arrays(rec, [load_image(q) for q in q_paths])
     distractors = rec.embed_images(d_paths, "crop")
@@ -107,7 +105,8 @@ def gallery_cohort(args, rec, calibration, rounds: int) -> tuple[dict, str]:
     text += "\n\n" + common.markdown_table(["figure", "raw cosine", "AS-norm", "AS-norm - raw (90%)", "AS-norm ahead"],
                                            [row(f"celeba_ir, draw 0, TPR @ FPR {f}", paired[f"tpr@fpr={f}"])
                                             for f in ("0.01", "0.001")])
-    text += (f"\n\ncohorts: {size} of {len(pool)} identities of {args.gallery} ({len(rows)} images), K = {k}; "
+    text += (f"\n\ncohorts: {size} of {len(pool)} identities of {args.gallery} (at most "
+             f"{COHORT_IMAGES_PER_IDENTITY} images each), K = {k}; "
              f"model {rec.version}; {rounds} identity resamplings")
     return result, text
 
@@ -140,18 +139,17 @@ def main() -> int:
             raise SystemExit(f"the calibration is of model {calibration.model_version}, not {rec.version}")
         results, text = gallery_cohort(args, rec, calibration, 100 if args.quick else ROUNDS)
         return common.finish("score_norm-gallery", args, results, text, start)
-    from trainer import bootstrap, metrics
-    from trainer.data import model_split, sample_rows
+    from trainer import bootstrap
+    from trainer.data import model_split
     from trainer.release import celeba_ir_images, embed_arrays
+    from trainer.score_norm import training_identity_means
 
     celeba1k = common.require_data(args, "celeba1k")
     rec = Recognizer(args.model)
     config = rec.artifact.training["config"]
     crops, labels, splits = model_split(config, celeba1k, rec.recipe, args.cache)
     per_identity = 2 if args.quick else COHORT_IMAGES_PER_IDENTITY
-    cohort_rows = np.concatenate([sample_rows(splits.train[labels[splits.train] == c], per_identity, 0)
-                                  for c in np.unique(labels[splits.train])])
-    _, cohort = metrics.class_means(rec.embed(crops[cohort_rows]), labels[cohort_rows])  # unit-norm means
+    cohort = training_identity_means(rec, crops, labels, splits.train, per_identity)
     val = rec.embed(crops[splits.open_set])
     table = bootstrap.pair_table(labels[splits.open_set])
     rounds = 100 if args.quick else ROUNDS
@@ -179,7 +177,7 @@ def main() -> int:
         rows += [row(f"celeba_ir, K = {k}, TPR @ FPR {f:g}", results["celeba_ir"][f"tpr@fpr={f:g}"])
                  for f in (0.05, 0.01, 0.001)]
     table_text = common.markdown_table(["figure", "raw cosine", "AS-norm", "AS-norm - raw (90%)", "AS-norm ahead"], rows)
-    text = (f"{table_text}\n\ncohort: {len(cohort)} training identities, {len(cohort_rows)} images; model {rec.version}; "
+    text = (f"{table_text}\n\ncohort: {len(cohort)} training identities, at most {per_identity} images each; model {rec.version}; "
             f"{rounds} identity resamplings give the intervals")
     return common.finish("score_norm", args, results, text, start)
 

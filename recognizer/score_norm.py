@@ -86,8 +86,6 @@ class Calibration:
         return cal
 
 
-
-
 def find_calibration(model_path: str | os.PathLike[str], model_version: str) -> Calibration | None:
     """The calibration beside a model, if there is one and it is this model's; a log line says
     why a file there is not used (the service then decides on the cosine alone)."""

@@ -14,25 +14,22 @@ itself (people of the user's gallery) is chosen in ``index.cohort``.
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
 from .errors import ModelArtifactError
+from .sidecar import find_sidecar, read_sidecar, sidecar_path, write_sidecar
 
 FORMAT = "face-score-norm"
-log = logging.getLogger(__name__)
+KIND = "score_norm"
 
 
 def calibration_path(model_path: str | os.PathLike[str]) -> Path:
     """Where a model's calibration lives: ``<model stem>.score_norm.json`` beside it."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".score_norm.json")
+    return sidecar_path(model_path, KIND)
 
 
 def top_k_stats(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,18 +61,12 @@ class Calibration:
     source: str
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        body = {"format": FORMAT, **asdict(self)}
-        atomic_write_bytes(Path(path), (json.dumps(body, indent=1) + "\n").encode())
+        write_sidecar(path, FORMAT, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Calibration":
         """Read a calibration file; ModelArtifactError naming what is wrong with it."""
-        try:
-            body = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelArtifactError(f"cannot read the score-norm calibration {path}: {exc}") from None
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise ModelArtifactError(f"{path} is not a score-norm calibration (format {FORMAT!r})")
+        body = read_sidecar(path, FORMAT, "score-norm calibration")
         try:
             cal = cls(str(body["model_version"]), int(body["cohort_size"]), int(body["k"]),
                       float(body["threshold"]), float(body["far"]), str(body["source"]))
@@ -89,16 +80,4 @@ class Calibration:
 def find_calibration(model_path: str | os.PathLike[str], model_version: str) -> Calibration | None:
     """The calibration beside a model, if there is one and it is this model's; a log line says
     why a file there is not used (the service then decides on the cosine alone)."""
-    path = calibration_path(model_path)
-    if not path.is_file():
-        return None
-    try:
-        calibration = Calibration.load(path)
-    except ModelArtifactError as exc:
-        log.warning("score normalisation off: %s", exc.message)
-        return None
-    if calibration.model_version != model_version:
-        log.warning("score normalisation off: %s is for model %s, not %s", path, calibration.model_version,
-                    model_version)
-        return None
-    return calibration
+    return find_sidecar(model_path, KIND, model_version, Calibration.load, "score normalisation off")

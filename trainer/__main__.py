@@ -117,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--cache", default=".cache")
     cal.add_argument("--threads", type=int, default=None)
 
+    strangers = sub.add_parser("calibrate-strangers", help="how often a stranger passes one enrolled person, per "
+                                                           "cosine threshold (written beside the model): the "
+                                                           "service's STRANGER_RATE threshold rests on it")
+    strangers.add_argument("--model", required=True)
+    strangers.add_argument("--celeba1k", required=True, help="the training set: measured on its held-out people")
+    strangers.add_argument("--out", default=None, help="default: <model stem>.strangers.json beside the model")
+    strangers.add_argument("--draws", type=int, default=None, help="draws of each person's template photos (default 5)")
+    strangers.add_argument("--training-people", action="store_true",
+                           help="also report the training people's rates (minutes more)")
+    strangers.add_argument("--cache", default=".cache")
+    strangers.add_argument("--threads", type=int, default=None)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -222,6 +234,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m trainer calibrate-norm: {exc}", file=sys.stderr)
             return 2
         print(json.dumps({"calibration": calibration.__dict__, "report": report}, indent=1))
+        return 0
+    if args.command == "calibrate-strangers":
+        from pathlib import Path
+
+        from . import strangers as stranger_curve
+
+        try:
+            curve, report = stranger_curve.calibrate_model(
+                Path(args.model), Path(args.celeba1k), args.cache or None, Path(args.out) if args.out else None,
+                args.draws or stranger_curve.DRAWS, args.training_people)
+        except ValueError as exc:
+            print(f"python -m trainer calibrate-strangers: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"source": curve.source, "pairs": curve.pairs, "report": report}, indent=1))
         return 0
     if args.command == "bundle":
         from . import bundle

@@ -30,6 +30,7 @@ from . import bootstrap, metrics
 from .data import closed_set_gallery, discover, model_split
 from .evaluate import CELEBA_IR_FPRS
 from .precision import cpu_name
+from .strangers import service_view as photos_as_served
 
 # identity resamplings behind the card's intervals (trainer/bootstrap.py): a round over val's 620k
 # negative pairs took 7 ms, over celeba_ir's 2.4M 70 ms (Intel Xeon, cores busy), so it gets fewer
@@ -236,16 +237,11 @@ def service_view(rec: Recognizer, paths: list[Path], labels: np.ndarray, far: fl
     recipe. The threshold is calibrated on the frames; here is the FAR it gives on uploaded
     photos (session 17: 0.00139 for a threshold set at 0.001), and the threshold that would give
     ``far`` there."""
-    embeddings, kept = [], []
-    for n, path in enumerate(paths):
-        found = rec.analyze(str(path))
-        if found:
-            embeddings.append(found[0].embedding)
-            kept.append(n)
-    if len({labels[n] for n in kept}) < 2:
+    embeddings, kept = photos_as_served(rec, paths, labels)
+    if len(set(kept.tolist())) < 2:
         return {"skipped": f"faces found in {len(kept)} of {len(paths)} photos: too few people to pair"}
-    table = bootstrap.pair_table(labels[kept])
-    scores = bootstrap.pair_scores_all(np.stack(embeddings))
+    table = bootstrap.pair_table(kept)
+    scores = bootstrap.pair_scores_all(embeddings)
     pos, neg = scores[table.positive], scores[~table.positive]
     tar, thr = metrics.tpr_at_fpr(pos, neg, far)
     return {"photos": len(paths), "faces_found": len(kept), "far": far, f"tar@far={far:g}": tar,

@@ -1,0 +1,125 @@
+"""``python -m trainer calibrate-strangers``: a model's stranger curve (pure functions + CLI body).
+
+The curve (recognizer/stranger.py) is the rate at which a photo of one person passes another
+person's enrolled template, per cosine threshold. It is measured on the people the model never
+trained on (its split's held-out identities), with their photos taken through the detector and
+alignment as the service takes uploads. Training people would give 25x more pairs, but the
+model has learnt to keep them apart: on the shipped model their rates are 2-6x lower than unseen
+people's at the thresholds that matter (docs/BENCHMARKS.md, "Strangers against a growing
+gallery"), so a curve from them would let strangers in. The report shows both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recognizer import Recognizer
+from recognizer.stranger import StrangerCurve, curve_path
+
+from .data import discover, model_split
+
+PHOTOS_PER_PERSON = 3  # a typical enrollment: a few photos averaged into the person's template
+GRID = tuple(round(float(t), 3) for t in np.arange(0.20, 0.951, 0.01))
+REPORT_THRESHOLDS = (0.40, 0.45, 0.50, 0.55, 0.60, 0.65)
+DRAWS = 5  # template draws pooled: 50 people give few pairs, and which photos are averaged moves the tail
+
+
+def templates(embeddings: np.ndarray, labels: np.ndarray, per_person: int,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Each person's template: the unit mean of ``per_person`` of their photos, drawn at random
+    (all of them when they have fewer). Returns (templates, their labels)."""
+    rng = np.random.default_rng(seed)
+    people = np.unique(labels)
+    out = np.empty((len(people), embeddings.shape[1]), np.float32)
+    for n, person in enumerate(people):
+        rows = np.flatnonzero(labels == person)
+        mean = embeddings[rng.permutation(rows)[:per_person]].mean(0)
+        out[n] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return out, people
+
+
+def impostor_scores(embeddings: np.ndarray, labels: np.ndarray, per_person: int = PHOTOS_PER_PERSON,
+                    seed: int = 0) -> np.ndarray:
+    """Cosine of every photo against every *other* person's template, sorted (float32)."""
+    temps, people = templates(embeddings, labels, per_person, seed)
+    if len(people) < 2:
+        raise ValueError("need photos of at least 2 people to pair strangers")
+    scores = embeddings.astype(np.float32) @ temps.T
+    scores = scores[labels[:, None] != people[None, :]]
+    return np.sort(scores)
+
+
+def rates_above(sorted_scores: np.ndarray, thresholds: tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """Share of ``sorted_scores`` strictly above each threshold."""
+    above = len(sorted_scores) - np.searchsorted(sorted_scores, np.asarray(thresholds, np.float32), side="right")
+    return above / len(sorted_scores)
+
+
+def service_view(rec: Recognizer, paths: list[Path], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the largest face of each photo as the service finds it, with their labels
+    (photos without a face are left out)."""
+    kept = [(found[0].embedding, label) for path, label in zip(paths, labels)
+            if (found := rec.analyze(str(path)))]
+    if not kept:
+        return np.zeros((0, rec.dim), np.float32), labels[:0]
+    return np.stack([e for e, _ in kept]), np.array([label for _, label in kept])
+
+
+def pooled_scores(embeddings: np.ndarray, labels: np.ndarray, draws: int) -> np.ndarray:
+    """Impostor scores over ``draws`` independent draws of each person's template photos, sorted."""
+    return np.sort(np.concatenate([impostor_scores(embeddings, labels, seed=d) for d in range(draws)]))
+
+
+def build_curve(version: str, embeddings: np.ndarray, labels: np.ndarray, source: str,
+                draws: int = DRAWS, grid: tuple[float, ...] = GRID) -> StrangerCurve:
+    """The stranger curve of ``embeddings`` (unit rows) of labelled people."""
+    scores = pooled_scores(embeddings, labels, draws)
+    return StrangerCurve(version, PHOTOS_PER_PERSON, tuple(float(t) for t in grid),
+                         tuple(float(r) for r in rates_above(scores, grid)), int(len(scores)), source)
+
+
+def calibrate_model(model: Path, celeba1k: Path, cache_dir: str | None = ".cache",
+                    out: Path | None = None, draws: int = DRAWS,
+                    training_people: bool = False) -> tuple[StrangerCurve, dict]:
+    """Measure ``model``'s curve on its split's held-out people as the service sees their photos,
+    write it beside the model (or to ``out``), and report the rates at a few thresholds beside those
+    of the same people in CelebA's frames (and, with ``training_people``, of the people it trained on:
+    minutes more)."""
+    rec = Recognizer(model)
+    config = rec.artifact.training.get("config")
+    if not config:
+        raise ValueError(f"{model} carries no training config: its held-out people are unknown")
+    crops, labels, splits = model_split(config, celeba1k, rec.recipe, cache_dir)
+    paths = discover(celeba1k, config.get("limit_identities")).paths
+    held, held_labels = service_view(rec, [paths[r] for r in splits.open_set], labels[splits.open_set])
+    people = len(np.unique(held_labels))
+    if people < 2:
+        raise ValueError(f"the split holds out {people} person(s) with a face found: too few to pair strangers")
+    curve = build_curve(rec.version, held, held_labels,
+                        f"{len(held)} photos of the split's {people} held-out people through the detector and "
+                        f"alignment, each against every other's template of {PHOTOS_PER_PERSON} photos, "
+                        f"{draws} draws of the templates", draws)
+    curve.save(out or curve_path(model))
+    frames = pooled_scores(rec.embed(crops[splits.open_set]), labels[splits.open_set], draws)
+    report = {"photos": len(held), "people": people, "pairs": curve.pairs, "thresholds": list(REPORT_THRESHOLDS)}
+    report["service_view"] = [curve.rate_at(t) for t in REPORT_THRESHOLDS]
+    report["held_out_frames"] = [float(r) for r in rates_above(frames, REPORT_THRESHOLDS)]
+    if training_people:
+        train = impostor_scores(rec.embed(crops[splits.train]), labels[splits.train])
+        report["training_people"] = [float(r) for r in rates_above(train, REPORT_THRESHOLDS)]
+    return curve, report
+
+
+def identify_rates(strangers: np.ndarray, mated: np.ndarray, mated_labels: np.ndarray, templates: np.ndarray,
+                   template_labels: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Open-set identification at ``threshold``, as identify decides (the best match, if its
+    cosine reaches the threshold): (FPIR, the share of ``strangers`` matched to anyone; FNIR, the
+    share of ``mated`` photos not answered with their own person)."""
+    fpir = float(np.mean((strangers @ templates.T).max(1) >= threshold)) if len(strangers) else float("nan")
+    if not len(mated):
+        return fpir, float("nan")
+    scores = mated @ templates.T
+    best = scores.argmax(1)
+    found = (template_labels[best] == mated_labels) & (scores[np.arange(len(best)), best] >= threshold)
+    return fpir, float(1.0 - found.mean())

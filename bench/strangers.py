@@ -60,6 +60,31 @@ def draw_gallery(rng: np.random.Generator, q_ids: np.ndarray, d_ids: np.ndarray,
     return rows, enrolled, np.array(mated, int), strangers
 
 
+def unit_means(vectors: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """Our templates: the unit mean of each person's photos (index/gallery.py)."""
+    means = np.stack([vectors[r].mean(0) for r in rows])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def plain_means(vectors: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """dlib's templates: the mean descriptor (it compares by euclidean distance)."""
+    return np.stack([vectors[r].mean(0) for r in rows])
+
+
+def dlib_scores(probes: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """Minus the euclidean distance (face_recognition's measure), higher is closer."""
+    from bench.accuracy_vs_dlib import _scores
+
+    return _scores("dlib", probes, templates)
+
+
+def dlib_embeddings(paths: list) -> np.ndarray:
+    """face_recognition's descriptors of the crops, from the bench's dlib cache when there."""
+    from bench.accuracy_vs_dlib import Dlib, embed_both
+
+    return embed_both(None, Dlib(), paths, "crop")[1]
+
+
 def main() -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--model", default=str(common.DEFAULT_MODEL))
@@ -70,6 +95,7 @@ def main() -> int:
     p.add_argument("--rates", default=",".join(map(str, RATES)), help="target stranger rates")
     p.add_argument("--draws", type=int, default=DRAWS)
     p.add_argument("--photos-per-person", type=int, default=None, help="default: the curve's")
+    p.add_argument("--dlib", action="store_true", help="also face_recognition (dlib) at the same stranger rates")
     args = p.parse_args()
     common.set_threads(args.threads)
     start = time.perf_counter()
@@ -77,7 +103,7 @@ def main() -> int:
     from recognizer.images import load_image
     from recognizer.stranger import StrangerCurve, curve_path
     from trainer.release import celeba_ir_images, embed_arrays
-    from trainer.strangers import identify_rates
+    from trainer.strangers import best_matches, fnir_at_fpir, identify_rates
 
     ir = common.require_data(args, "celeba_ir")
     identity_file = args.identities or common.require_data(args, "celeba_extra") / "identity_CelebA_full.txt"
@@ -93,21 +119,32 @@ def main() -> int:
     sizes = [int(v) for v in args.sizes.split(",")][: 2 if args.quick else None]
     rates = [float(v) for v in args.rates.split(",")]
     draws = 3 if args.quick else args.draws
+    dlib = dlib_embeddings(q_paths + d_paths) if args.dlib else None
     rng = np.random.default_rng(0)
     results: dict = {"model": rec.version, "threshold": rec.threshold, "photos_per_person": per_person,
-                     "draws": draws, "curve_source": curve.source, "sizes": {}}
-    rows = []
+                     "draws": draws, "curve_source": curve.source, "sizes": {}, "same_fpir": {}}
+    rows, same_rows = [], []
     for size in sizes:
         rules = {"model": rec.threshold, **{f"stranger_rate={r:g}": max(rec.threshold, curve.threshold_for(r, size))
                                             for r in rates}}
-        measured = {name: [] for name in rules}
+        measured: dict[str, list] = {name: [] for name in rules}
+        traded: dict[str, list] = {f"{who}@{r:g}": [] for who in ("ours", "dlib") if who == "ours" or dlib is not None
+                                   for r in rates}
         for _ in range(draws):
             template_rows, enrolled, mated, strangers = draw_gallery(rng, q_ids, d_ids, size, per_person)
-            means = np.stack([embeddings[r].mean(0) for r in template_rows])
-            templates = means / np.linalg.norm(means, axis=1, keepdims=True)
-            for name, thr in rules.items():
-                measured[name].append(identify_rates(embeddings[strangers], embeddings[mated], labels[mated],
-                                                     templates, enrolled, thr))
+            sides = {"ours": (embeddings, unit_means, None)}
+            if dlib is not None:
+                sides["dlib"] = (dlib, plain_means, dlib_scores)
+            for who, (vectors, means, scores) in sides.items():
+                templates = means(vectors, template_rows)
+                stranger_best = best_matches(vectors[strangers], templates, enrolled, scores)[1]
+                found, mated_best = best_matches(vectors[mated], templates, enrolled, scores)
+                mated_right = found == labels[mated]
+                if who == "ours":
+                    for name, thr in rules.items():
+                        measured[name].append(identify_rates(stranger_best, mated_best, mated_right, thr))
+                for r in rates:
+                    traded[f"{who}@{r:g}"].append(fnir_at_fpir(stranger_best, mated_best, mated_right, r)[1])
         results["sizes"][size] = {}
         for name, thr in rules.items():
             fpir, fnir = np.array(measured[name]).T
@@ -117,11 +154,18 @@ def main() -> int:
             results["sizes"][size][name] = row
             rows.append([size, name, f"{thr:.3f}", f"{row['predicted_fpir']:.3f}", f"{row['fpir']:.3f}",
                          f"{row['fpir_range'][0]:.3f}-{row['fpir_range'][1]:.3f}", f"{row['fnir']:.3f}"])
+        results["same_fpir"][size] = {key: float(np.mean(v)) for key, v in traded.items()}
+        for r in rates:
+            same_rows.append([size, f"{r:g}", f"{results['same_fpir'][size][f'ours@{r:g}']:.3f}",
+                              f"{results['same_fpir'][size][f'dlib@{r:g}']:.3f}" if dlib is not None else ""])
     text = common.markdown_table(["enrolled people", "threshold rule", "cosine", "FPIR the curve predicts",
                                   "FPIR measured (mean of draws)", "range over draws", "FNIR measured"], rows)
+    text += "\n\n" + common.markdown_table(["enrolled people", "FPIR (threshold set on these strangers)", "FNIR ours",
+                                             "FNIR dlib"], same_rows)
     text += (f"\n\nmodel {rec.version}; celeba_ir ({len(q_paths)} query photos of {len(np.unique(q_ids))} people, "
              f"{len(d_paths)} distractor photos of {len(np.unique(d_ids))} people); each enrolled person the mean of "
-             f"{per_person} photos; {draws} draws per size")
+             f"{per_person} photos; {draws} draws per size; the second table sets each model's threshold on the "
+             f"draw's own strangers (an oracle, to compare the two trade-offs, not a rule the service could use)")
     figure = plot(results, rates)
     return common.finish("strangers", args, results, text, start, [common.save_figure(figure, "strangers", args)])
 

@@ -13,6 +13,7 @@ from .embedder import Embedder
 from .images import ImageSource, load_image
 from .preprocess import FRAME_SIZE, align_face, align_frame, crop_aligned_frame, frame_to_input, resize_to_input
 from .score_norm import find_calibration
+from .stranger import find_curve
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Recognizer:
         self.threshold = self.artifact.threshold
         # AS-norm's threshold, from the file beside the model (None: the cosine alone)
         self.score_norm = None if isinstance(model, ModelArtifact) else find_calibration(model, self.version)
+        # how often a stranger passes one enrolled person, per threshold (None: no curve beside the model)
+        self.strangers = None if isinstance(model, ModelArtifact) else find_curve(model, self.version)
         self.dim = self.artifact.embedding_size
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels

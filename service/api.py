@@ -62,6 +62,32 @@ def threshold_of(svc: Service, body: RequestBody) -> tuple[float, str]:
     return thr, ("model" if value in (None, "") else "request")
 
 
+def stranger_rule(svc: Service) -> dict[str, Any] | None:
+    """Identify's default threshold under STRANGER_RATE, for the gallery as this process holds it
+    now: the cosine at which a stranger matches anyone enrolled with at most that probability,
+    never below the model's threshold. None when the server has no such rule."""
+    curve, rate = svc.recognizer.strangers, svc.config.stranger_rate
+    if rate <= 0 or curve is None:
+        return None
+    people = len(svc.cache)
+    return {"target": rate, "people": people, "within_curve": curve.resolves(rate, people),
+            "threshold": max(svc.recognizer.threshold, curve.threshold_for(rate, people))}
+
+
+def strangers_json(svc: Service) -> dict[str, Any]:
+    """What a stranger meets at this gallery size: the chance of matching someone at the
+    model's threshold and at the threshold identify uses by default."""
+    curve, people = svc.recognizer.strangers, len(svc.cache)
+    if curve is None:
+        return {"curve": False, "stranger_rate": svc.config.stranger_rate}
+    rule = stranger_rule(svc)
+    threshold = rule["threshold"] if rule else svc.recognizer.threshold
+    return {"curve": True, "stranger_rate": svc.config.stranger_rate, "people": people,
+            "default_threshold": round(threshold, 6),
+            "expected_stranger_rate": round(curve.stranger_rate(threshold, people), 6),
+            "expected_at_model_threshold": round(curve.stranger_rate(svc.recognizer.threshold, people), 6)}
+
+
 SCORE_NORM_CHOICES = ("on", "off")
 
 
@@ -131,6 +157,9 @@ def identify() -> Any:
     found = svc.recognizer.analyze(upload.data, min_face_size)
     # The freshness check happens here, after the slow part, right before answering.
     candidates = svc.cache.search(np.stack([f.embedding for f in found]), k, score_norm=norm) if found else []
+    rule = stranger_rule(svc) if source == "model" else None  # after the search's sync: the size it searched
+    if rule is not None:
+        threshold, source = rule["threshold"], "stranger_rate"
     # AS-norm only where the gallery has its cohort: every match then carries a score
     normed = norm and any(m.score is not None for row in candidates for m in row)
     faces = []
@@ -146,6 +175,7 @@ def identify() -> Any:
             "matches": [match_json(m) for m in matches],
         })
     return {"model_version": svc.recognizer.version, "threshold": threshold, "threshold_source": source,
+            **({"stranger_rate": {key: rule[key] for key in ("target", "people", "within_curve")}} if rule else {}),
             **rule_json(svc, normed, norm and bool(found), why_not), "k": k, "min_face_size": min_face_size, "faces": faces}
 
 
@@ -386,6 +416,7 @@ def health() -> Any:
         body["gallery"] = {"people": svc.store.count_people(), "people_with_vectors": len(svc.cache),
                            "generation": svc.cache.gen}
         body["score_norm"] = {"server": svc.config.score_norm, **svc.cache.cohort_status()}
+        body["strangers"] = strangers_json(svc)
         body["models"] = {"loaded": svc.models.versions, "answering": svc.answering,
                           **read_state(svc.store).to_dict()}
         body["queue"] = {"name": svc.queue.name, "depth": svc.queue.count}
@@ -425,6 +456,10 @@ def metrics() -> Response:
     gauges.append(("facerec_gallery_people_with_vectors", "gauge",
                    "People with at least one image for this model, in this process's index.",
                    {"model_version": svc.recognizer.version}, float(len(svc.cache))))
+    if svc.recognizer.strangers is not None:
+        gauges.append(("facerec_expected_stranger_rate", "gauge",
+                       "Chance that a stranger matches someone at identify's default threshold and this gallery size "
+                       "(the model's stranger curve).", {}, strangers_json(svc)["expected_stranger_rate"]))
     if up:
         gauges += [
             ("facerec_gallery_people", "gauge", "People in the gallery (Redis).", {}, float(people)),

@@ -27,7 +27,7 @@ from .cache import GalleryCache
 from .config import ServiceConfig, load_config
 from .console import console
 from .context import EXTENSION, Service
-from .errors import ServiceUnavailableError
+from .errors import ConfigError, ServiceUnavailableError
 from .jobs import JOB_SERIALIZER
 from .limits import install_inflight_cap, install_limiter, install_retry_after_floor
 from .metrics import Metrics
@@ -70,6 +70,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(cfg.extra)
 
     models = models or build_models(cfg, primary=recognizer)
+    if cfg.stranger_rate > 0:  # a rule that cannot be kept must stop the start, not be dropped quietly
+        for r in models:
+            if r.strangers is None:
+                raise ConfigError(f"STRANGER_RATE is {cfg.stranger_rate:g}, but model {r.version} has no stranger "
+                                  "curve beside it: run python -m trainer calibrate-strangers, or unset STRANGER_RATE")
     conn = conn or connect_redis(cfg)
     stores = {r.version: GalleryStore(conn, r.version, r.dim, prefix=cfg.redis_key_prefix,
                                       stream_maxlen=cfg.change_stream_maxlen) for r in models}

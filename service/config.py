@@ -44,6 +44,12 @@ class ServiceConfig:
     # of at least its cohort size (400 people). Opt-in because the registered test failed with a
     # cohort from another source than the probes (docs/BENCHMARKS.md).
     score_norm: str = "opt_in"
+    # Identify's default threshold from the gallery's size: the cosine at which a stranger matches
+    # anyone enrolled with at most this probability (recognizer/stranger.py; never below the
+    # model's threshold). 0: off, the model's threshold whatever the size. At the model's threshold
+    # 7% of strangers match someone among 50 people and 34% among 450 (docs/BENCHMARKS.md); the
+    # price is enrolled people turned away. Needs the model's stranger curve beside it.
+    stranger_rate: float = 0.0
     min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this
     enroll_embed_batch: int = 16  # faces per forward pass in an enrollment job (2x faster than 1 on CPU)
     default_k: int = 5
@@ -165,6 +171,8 @@ def _check(c: ServiceConfig) -> None:
         raise ConfigError(f"INFERENCE_BACKEND must be 'torch' or 'onnx', got {c.inference_backend!r}")
     if c.score_norm not in ("opt_in", "default", "off"):
         raise ConfigError(f"SCORE_NORM must be 'opt_in', 'default' or 'off', got {c.score_norm!r}")
+    if not 0.0 <= c.stranger_rate < 1.0:
+        raise ConfigError(f"STRANGER_RATE must be in [0, 1) (0: off), got {c.stranger_rate}")
     if not 0.0 <= c.min_detection_probability <= 1.0:
         raise ConfigError("MIN_DETECTION_PROBABILITY must be in [0, 1]")
     if not 1 <= c.default_k <= c.max_k:

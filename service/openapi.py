@@ -242,6 +242,13 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
             "Face": face,
             "Identify": {"type": "object", "properties": {
                 "model_version": {"type": "string"}, "threshold": {"type": "number"}, "k": {"type": "integer"}, **RULE,
+                "threshold_source": {"enum": ["model", "request", "stranger_rate"],
+                                     "description": "stranger_rate: set from the gallery's size by the server's "
+                                                    "STRANGER_RATE (at most that share of strangers matched to anyone)"},
+                "stranger_rate": {"type": "object", "description": "with threshold_source stranger_rate", "properties": {
+                    "target": {"type": "number"}, "people": {"type": "integer"},
+                    "within_curve": {"type": "boolean", "description": "false: the gallery is larger than the model's "
+                                                                       "stranger curve resolves; the threshold is its last"}}},
                 "faces": {"type": "array", "items": {"allOf": [face, {"type": "object", "properties": {
                     "decision": {"enum": ["match", "unknown"]},
                     "person": {"oneOf": [match, {"type": "null"}]},

@@ -287,6 +287,19 @@ def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should
     assert view["skipped"].startswith("faces found in 0 of")  # MTCNN finds no face in these drawings
     assert "Photos as the service sees them:" in card and "cohort size" in report["score_norm"]["skipped"]
     assert not (tmp_path / "models" / "facerec.score_norm.json").exists()
+    # the stranger curve needs faces of at least 2 held-out people: skipped here, saying why, and not written
+    assert "with a face found: too few to pair strangers" in report["strangers"]["skipped"]
+    assert "Strangers against a gallery" in card and not (tmp_path / "models" / "facerec.strangers.json").exists()
+
+
+def test_the_cards_stranger_sentence():
+    from trainer.release import STRANGER_GALLERIES, strangers_note
+
+    sizes = [str(n) for n in STRANGER_GALLERIES]
+    note = strangers_note({"source": "made up", "at_model_threshold": dict(zip(sizes, (0.02, 0.1, 0.4, 0.9))),
+                           "threshold_for_0.01": dict(zip(sizes, (0.5, 0.59, 0.64, 0.7)))})
+    assert "0.100 among 50" in note and "0.700 for 1000" in note and note.endswith("(`facerec.strangers.json`: made up).")
+    assert strangers_note(None).startswith("not measured")
 
 
 # ---- distillation from a teacher ------------------------------------------------------------------

@@ -30,6 +30,7 @@ from . import bootstrap, metrics
 from .data import closed_set_gallery, discover, model_split
 from .evaluate import CELEBA_IR_FPRS
 from .precision import cpu_name
+from .strangers import calibrate_model as calibrate_strangers
 from .strangers import service_view as photos_as_served
 
 # identity resamplings behind the card's intervals (trainer/bootstrap.py): a round over val's 620k
@@ -282,6 +283,14 @@ def release(model: Path, out_dir: Path, celeba_ir: Path, celeba1k: Path | None, 
                                     "far_at_threshold": norm["far_at_threshold"]}
         except ValueError as exc:  # e.g. fewer training identities than a cohort holds
             report["score_norm"] = {"skipped": str(exc)}
+        try:  # the stranger curve, written beside the release (STRANGER_RATE rests on it)
+            curve, strangers = calibrate_strangers(out_dir / RELEASE_NAME, celeba1k, cache_dir)
+            report["strangers"] = {
+                "source": curve.source, **strangers,
+                "at_model_threshold": {str(n): curve.stranger_rate(report["threshold"], n) for n in STRANGER_GALLERIES},
+                "threshold_for_0.01": {str(n): curve.threshold_for(0.01, n) for n in STRANGER_GALLERIES}}
+        except ValueError as exc:
+            report["strangers"] = {"skipped": str(exc)}
     atomic_write_bytes(out_dir / "card.json", (json.dumps(report, indent=1, default=float) + "\n").encode())
     atomic_write_bytes(out_dir / "README.md", render_card(report).encode())
     return report
@@ -395,6 +404,22 @@ def score_norm_note(norm: dict | None) -> str:
             f"{norm['k']}, in `facerec.score_norm.json`: {norm['source']}.")
 
 
+STRANGER_GALLERIES = (10, 50, 250, 1000)  # enrolled people the card gives the stranger rate for
+
+
+def strangers_note(strangers: dict | None) -> str:
+    """The card's sentence on the stranger curve written beside the release."""
+    if not strangers or "skipped" in strangers:
+        return f"not measured ({(strangers or {}).get('skipped', 'no celeba1k split')})."
+    at = strangers["at_model_threshold"]
+    need = strangers["threshold_for_0.01"]
+    sizes = ", ".join(f"{at[str(n)]:.3f} among {n}" for n in STRANGER_GALLERIES)
+    cosines = ", ".join(f"{need[str(n)]:.3f} for {n}" for n in STRANGER_GALLERIES)
+    return (f"at the threshold, the share of strangers the curve expects to match someone enrolled is {sizes} "
+            f"people. `STRANGER_RATE=0.01` would set identify's threshold at {cosines} (`facerec.strangers.json`: "
+            f"{strangers['source']}).")
+
+
 def render_card(report: dict) -> str:
     """The model card: ``model_card.md`` with its ``{{name}}`` fields filled from ``report``."""
     training = report.get("training", {})
@@ -435,6 +460,7 @@ def render_card(report: dict) -> str:
         "agree_shift": f"{report['agreement']['max_tpr_shift']:.4f}",
         "service_view": service_view_note(split.get("service_view")),
         "score_norm": score_norm_note(report.get("score_norm")),
+        "strangers": strangers_note(report.get("strangers")),
         "conditions": "\n".join(f"| {name} | {_pct(row['tpr@fpr=0.01'])} | {_pct(row['tpr_at_threshold'])} | "
                                 f"{row['fpr_at_threshold']:.4f} |" for name, row in report["conditions"].items()),
     }

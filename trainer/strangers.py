@@ -11,6 +11,7 @@ gallery"), so a curve from them would let strangers in. The report shows both.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -111,15 +112,32 @@ def calibrate_model(model: Path, celeba1k: Path, cache_dir: str | None = ".cache
     return curve, report
 
 
-def identify_rates(strangers: np.ndarray, mated: np.ndarray, mated_labels: np.ndarray, templates: np.ndarray,
-                   template_labels: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Open-set identification at ``threshold``, as identify decides (the best match, if its
-    cosine reaches the threshold): (FPIR, the share of ``strangers`` matched to anyone; FNIR, the
-    share of ``mated`` photos not answered with their own person)."""
-    fpir = float(np.mean((strangers @ templates.T).max(1) >= threshold)) if len(strangers) else float("nan")
-    if not len(mated):
-        return fpir, float("nan")
-    scores = mated @ templates.T
-    best = scores.argmax(1)
-    found = (template_labels[best] == mated_labels) & (scores[np.arange(len(best)), best] >= threshold)
-    return fpir, float(1.0 - found.mean())
+def best_matches(probes: np.ndarray, templates: np.ndarray, template_labels: np.ndarray,
+                 scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each probe's best template, as identify picks it: (its label, its score). ``scores`` maps
+    (probes, templates) to a score matrix, higher is closer (default: the cosine of unit rows)."""
+    matrix = probes @ templates.T if scores is None else scores(probes, templates)
+    if not matrix.shape[0]:
+        return template_labels[:0], np.zeros(0)
+    best = matrix.argmax(1)
+    return template_labels[best], matrix[np.arange(len(best)), best]
+
+
+def identify_rates(stranger_best: np.ndarray, mated_best: np.ndarray, mated_right: np.ndarray,
+                   threshold: float) -> tuple[float, float]:
+    """Open-set identification at ``threshold``, as identify decides (the best match if it reaches
+    the threshold): (FPIR, the share of strangers matched to anyone; FNIR, the share of enrolled
+    people's photos not answered with their own person). ``mated_right``: is the best one theirs."""
+    fpir = float(np.mean(stranger_best >= threshold)) if len(stranger_best) else float("nan")
+    fnir = float(1.0 - np.mean(mated_right & (mated_best >= threshold))) if len(mated_best) else float("nan")
+    return fpir, fnir
+
+
+def fnir_at_fpir(stranger_best: np.ndarray, mated_best: np.ndarray, mated_right: np.ndarray,
+                 fpir: float) -> tuple[float, float]:
+    """(threshold, FNIR) at the lowest threshold that matches at most ``fpir`` of the strangers:
+    the trade-off itself, for comparing two models at the same stranger rate."""
+    ordered = np.sort(stranger_best)[::-1]
+    allowed = int(np.floor(fpir * len(ordered)))  # strangers that may pass
+    threshold = float(np.nextafter(ordered[allowed], np.inf)) if allowed < len(ordered) else float(ordered[-1])
+    return threshold, identify_rates(stranger_best, mated_best, mated_right, threshold)[1]

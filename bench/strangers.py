@@ -13,9 +13,11 @@ is not in their template is a probe that should come back as them. Per N it repo
 - what the curve predicts for each.
 
 celeba_ir was never used to build the curve (it is measured on the training split's held-out
-people), so this is an out-of-sample check of it.
+people), so this is an out-of-sample check of it. ``--dlib`` adds face_recognition (dlib) on the
+same draws: each model's FNIR with its threshold set on the draw's own strangers at each rate, to
+compare the two trade-offs (an oracle threshold, not a rule a service could use).
 
-    OMP_NUM_THREADS=2 python -m bench.strangers --threads 2
+    OMP_NUM_THREADS=2 python -m bench.strangers --threads 2 [--dlib]
 """
 from __future__ import annotations
 

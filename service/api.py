@@ -83,7 +83,7 @@ def strangers_json(svc: Service) -> dict[str, Any]:
     rule = stranger_rule(svc)
     threshold = rule["threshold"] if rule else svc.recognizer.threshold
     return {"curve": True, "stranger_rate": svc.config.stranger_rate, "people": people,
-            "default_threshold": round(threshold, 6),
+            **({"within_curve": rule["within_curve"]} if rule else {}), "default_threshold": round(threshold, 6),
             "expected_stranger_rate": round(curve.stranger_rate(threshold, people), 6),
             "expected_at_model_threshold": round(curve.stranger_rate(svc.recognizer.threshold, people), 6)}
 

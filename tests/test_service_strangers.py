@@ -75,7 +75,8 @@ def test_the_default_threshold_follows_the_gallery_size(make_client, shipped, re
     assert verify["threshold_source"] == "model" and verify["same"] is True  # one claimed person: 1:1
 
     health = client.get("/health").json["strangers"]
-    assert health["people"] == 61 and health["default_threshold"] == pytest.approx(crowd["threshold"], abs=1e-6)
+    assert health["people"] == 61 and health["within_curve"] is True
+    assert health["default_threshold"] == pytest.approx(crowd["threshold"], abs=1e-6)
     assert health["expected_stranger_rate"] == pytest.approx(0.01, rel=0.05)
     assert health["expected_at_model_threshold"] == pytest.approx(curve.stranger_rate(shipped.threshold, 61), abs=1e-6)
     assert health["expected_at_model_threshold"] > 0.05  # what the setting saves a 61-person gallery from
@@ -85,6 +86,7 @@ def test_the_default_threshold_follows_the_gallery_size(make_client, shipped, re
     plain = make_client().post("/v1/identify", json={"image": b64(photo)}).json  # the setting off
     assert plain["threshold_source"] == "model" and plain["threshold"] == shipped.threshold
     assert plain["faces"][0]["decision"] == "match" and "stranger_rate" not in plain
+    assert "within_curve" not in make_client().get("/health").json["strangers"]  # no rule, nothing to be within
 
 
 def test_a_setting_that_cannot_be_kept_stops_the_start(make_client, shipped, redis_db):

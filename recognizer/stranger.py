@@ -3,14 +3,15 @@
 Why: the model's threshold is set for one pair of faces, 1 stranger in 1,000 let in. Identify
 compares a stranger with every enrolled person and answers with the best, so a stranger matches
 *someone* far more often: on celeba_ir at the shipped threshold, 7% of strangers against 50
-enrolled people and 34% against 450 (docs/BENCHMARKS.md, "Strangers against a growing gallery").
+enrolled people and 35% against 450 (docs/BENCHMARKS.md, "Strangers against a growing gallery").
 
 A :class:`StrangerCurve` is the rate at which one stranger's photo passes one enrolled person's
 template (the mean of a few photos), at a grid of cosine thresholds, measured on people the
-model trained on (``python -m trainer calibrate-strangers``). Treating the enrolled people as
-independent gives the stranger rate at gallery size N as ``1 - (1 - p(t))^N``. Real look-alikes
-cluster, so this overstates the rate (measured on celeba_ir: 0.46 predicted, 0.34 found at N =
-450), which errs on the side of letting no one in. The curve is kept in a file beside the model
+model never trained on, with their photos taken through the detector (``python -m trainer
+calibrate-strangers``). Treating the enrolled people as independent gives the stranger rate at
+gallery size N as ``1 - (1 - p(t))^N``. Real look-alikes cluster, so this overstates the rate
+(celeba_ir at the model's threshold among 450 people: 0.63 predicted, 0.35 found), which errs on
+the side of letting no one in. The curve is kept in a file beside the model
 (:func:`curve_path`), like the score-norm calibration, so the weights and version stay as they are.
 """
 from __future__ import annotations

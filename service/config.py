@@ -47,7 +47,7 @@ class ServiceConfig:
     # Identify's default threshold from the gallery's size: the cosine at which a stranger matches
     # anyone enrolled with at most this probability (recognizer/stranger.py; never below the
     # model's threshold). 0: off, the model's threshold whatever the size. At the model's threshold
-    # 7% of strangers match someone among 50 people and 34% among 450 (docs/BENCHMARKS.md); the
+    # 7% of strangers match someone among 50 people and 35% among 450 (docs/BENCHMARKS.md); the
     # price is enrolled people turned away. Needs the model's stranger curve beside it.
     stranger_rate: float = 0.0
     min_enroll_face_size: int = 40  # enrollment: a reference face's shorter side must reach this

@@ -8,7 +8,9 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import face_data, requires_face_data
 
+from recognizer.artifact import ModelArtifact
 from recognizer.errors import ModelArtifactError
 from recognizer.stranger import StrangerCurve, curve_path, find_curve, per_person_rate
 from trainer.strangers import (best_matches, build_curve, fnir_at_fpir, identify_rates, impostor_scores,
@@ -135,3 +137,37 @@ def test_a_threshold_from_one_set_of_people_keeps_strangers_out_of_a_gallery_of_
             stranger_best = best_matches(strangers, temps, enrolled)[1]
             found.append(identify_rates(stranger_best, best, got == who[mated], t)[0])
         assert 0.6 * target <= np.mean(found) <= 1.5 * target, (size, t, found)
+
+
+@requires_face_data
+def test_a_curve_from_your_own_people_through_the_cli(tmp_path):
+    """`calibrate-strangers --people DIR`: four real people, one photo each, through the detector
+    and the shipped model; the curve is written where asked and belongs to that model."""
+    import shutil
+    import subprocess
+    import sys
+
+    from recognizer.artifact import SHIPPED_MODEL
+
+    people = tmp_path / "people"
+    shutil.copytree(face_data() / "facenet_samples" / "test_images", people)
+    (people / "nobody").mkdir()  # a person without a photo adds nothing
+    out = tmp_path / "curve.json"
+    done = subprocess.run([sys.executable, "-m", "trainer", "calibrate-strangers", "--model", str(SHIPPED_MODEL),
+                           "--people", str(people), "--out", str(out), "--draws", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["report"]["people"] == 4 and report["pairs"] == 2 * 4 * 3  # 2 draws, 4 photos x 3 others
+    curve = StrangerCurve.load(out)
+    assert curve.pairs == 24 and str(people) in curve.source
+    assert curve.rates[0] > 0 and curve.rates[-1] == 0.0  # some low cosines pass, nothing near 0.95 does
+    assert ModelArtifact.load(SHIPPED_MODEL).version == curve.model_version
+
+    alone = tmp_path / "alone"
+    shutil.copytree(face_data() / "facenet_samples" / "test_images" / "paul_rudd", alone / "paul_rudd")
+    refused = subprocess.run([sys.executable, "-m", "trainer", "calibrate-strangers", "--model", str(SHIPPED_MODEL),
+                              "--people", str(alone), "--out", str(tmp_path / "no.json")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "a curve needs at least 2 people" in refused.stderr
+    assert not (tmp_path / "no.json").exists()

@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                                                            "cosine threshold (written beside the model): the "
                                                            "service's STRANGER_RATE threshold rests on it")
     strangers.add_argument("--model", required=True)
-    strangers.add_argument("--celeba1k", required=True, help="the training set: measured on its held-out people")
+    strangers_on = strangers.add_mutually_exclusive_group(required=True)
+    strangers_on.add_argument("--celeba1k", help="the training set: measured on its held-out people")
+    strangers_on.add_argument("--people", help="or a folder of your own people (<person>/<photo>), none of them "
+                                               "trained on: photos from your cameras")
     strangers.add_argument("--out", default=None, help="default: <model stem>.strangers.json beside the model")
     strangers.add_argument("--draws", type=int, default=None, help="draws of each person's template photos (default 5)")
     strangers.add_argument("--training-people", action="store_true",
@@ -241,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         from . import strangers as stranger_curve
 
         try:
-            curve, report = stranger_curve.calibrate_model(
-                Path(args.model), Path(args.celeba1k), args.cache or None, Path(args.out) if args.out else None,
-                args.draws or stranger_curve.DRAWS, args.training_people)
-        except ValueError as exc:
+            out, draws = Path(args.out) if args.out else None, args.draws or stranger_curve.DRAWS
+            if args.people:
+                curve, report = stranger_curve.calibrate_people(Path(args.model), Path(args.people), out, draws)
+            else:
+                curve, report = stranger_curve.calibrate_model(Path(args.model), Path(args.celeba1k), args.cache or None,
+                                                               out, draws, args.training_people)
+        except (ValueError, FileNotFoundError) as exc:
             print(f"python -m trainer calibrate-strangers: {exc}", file=sys.stderr)
             return 2
         print(json.dumps({"source": curve.source, "pairs": curve.pairs, "report": report}, indent=1))

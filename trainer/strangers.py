@@ -80,24 +80,32 @@ def build_curve(version: str, embeddings: np.ndarray, labels: np.ndarray, source
                          tuple(float(r) for r in rates_above(scores, grid)), int(len(scores)), source)
 
 
+def curve_from_photos(rec: Recognizer, paths: list[Path], labels: np.ndarray, whose: str, draws: int,
+                      out: Path) -> tuple[StrangerCurve, dict]:
+    """The curve of these labelled photos taken through the detector, written to ``out``, with the
+    report's common part. ``whose`` names the people in the curve's source and in errors."""
+    held, held_labels = service_view(rec, paths, labels)
+    people = len(np.unique(held_labels))
+    if people < 2:
+        raise ValueError(f"{whose} hold {people} person(s) with a face found: too few to pair strangers "
+                         "(a curve needs at least 2 people)")
+    curve = build_curve(rec.version, held, held_labels,
+                        f"{len(held)} photos of {people} people ({whose}) through the detector and alignment, each "
+                        f"against every other's template of {PHOTOS_PER_PERSON} photos, {draws} draws of the templates",
+                        draws)
+    curve.save(out)
+    return curve, {"photos": len(held), "people": people, "pairs": curve.pairs, "thresholds": list(REPORT_THRESHOLDS),
+                   "service_view": [curve.rate_at(t) for t in REPORT_THRESHOLDS]}
+
+
 def calibrate_people(model: Path, people_dir: Path, out: Path | None = None,
                      draws: int = DRAWS) -> tuple[StrangerCurve, dict]:
     """The curve measured on a folder of your own people (``<person>/<photo>``, or CelebA's layout)
     instead of the split's held-out ones: photos from your cameras, of people the model never
     trained on. Written beside the model (or to ``out``)."""
-    rec = Recognizer(model)
     found = discover(people_dir)
-    held, held_labels = service_view(rec, [Path(p) for p in found.paths], np.asarray(found.labels))
-    people = len(np.unique(held_labels))
-    if people < 2:
-        raise ValueError(f"faces of {people} person(s) found in {people_dir}: a curve needs at least 2 people")
-    curve = build_curve(rec.version, held, held_labels,
-                        f"{len(held)} photos of {people} people in {people_dir} through the detector and alignment, "
-                        f"each against every other's template of {PHOTOS_PER_PERSON} photos, {draws} draws of the "
-                        f"templates", draws)
-    curve.save(out or curve_path(model))
-    return curve, {"photos": len(held), "people": people, "pairs": curve.pairs,
-                   "thresholds": list(REPORT_THRESHOLDS), "service_view": [curve.rate_at(t) for t in REPORT_THRESHOLDS]}
+    return curve_from_photos(Recognizer(model), [Path(p) for p in found.paths], np.asarray(found.labels),
+                             f"the people in {people_dir}", draws, out or curve_path(model))
 
 
 def calibrate_model(model: Path, celeba1k: Path, cache_dir: str | None = ".cache",
@@ -113,18 +121,9 @@ def calibrate_model(model: Path, celeba1k: Path, cache_dir: str | None = ".cache
         raise ValueError(f"{model} carries no training config: its held-out people are unknown")
     crops, labels, splits = model_split(config, celeba1k, rec.recipe, cache_dir)
     paths = discover(celeba1k, config.get("limit_identities")).paths
-    held, held_labels = service_view(rec, [paths[r] for r in splits.open_set], labels[splits.open_set])
-    people = len(np.unique(held_labels))
-    if people < 2:
-        raise ValueError(f"the split holds out {people} person(s) with a face found: too few to pair strangers")
-    curve = build_curve(rec.version, held, held_labels,
-                        f"{len(held)} photos of the split's {people} held-out people through the detector and "
-                        f"alignment, each against every other's template of {PHOTOS_PER_PERSON} photos, "
-                        f"{draws} draws of the templates", draws)
-    curve.save(out or curve_path(model))
+    curve, report = curve_from_photos(rec, [paths[r] for r in splits.open_set], labels[splits.open_set],
+                                      "the split's held-out people", draws, out or curve_path(model))
     frames = pooled_scores(rec.embed(crops[splits.open_set]), labels[splits.open_set], draws)
-    report = {"photos": len(held), "people": people, "pairs": curve.pairs, "thresholds": list(REPORT_THRESHOLDS)}
-    report["service_view"] = [curve.rate_at(t) for t in REPORT_THRESHOLDS]
     report["held_out_frames"] = [float(r) for r in rates_above(frames, REPORT_THRESHOLDS)]
     if training_people:
         train = impostor_scores(rec.embed(crops[splits.train]), labels[splits.train])

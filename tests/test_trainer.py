@@ -411,7 +411,7 @@ def test_the_teacher_cache_is_found_however_the_folder_is_typed(synthetic_celeba
     relative = Path(synthetic_celeba.name)
     typed = discover(relative)
     assert not typed.paths[0].is_absolute()
-    _, have = teacher_mod.targets_for(typed.paths, [relative], tmp_path)
+    _, have, _ = teacher_mod.targets_for(typed.paths, [relative], tmp_path)
     assert have.all()
     other = tmp_path / "other"
     shutil.copytree(synthetic_celeba, other)

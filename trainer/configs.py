@@ -48,6 +48,9 @@ class TrainConfig:
     # The spread-out term (trainer/spread.py) at this weight: impostor pairs of the batch pulled
     # towards orthogonal. 0: off.
     spread_weight: float = 0.0
+    # Blends of training-face pairs added to each batch, taught by dlib's network run on the same
+    # blend (trainer/blend.py), at distill_weight; needs distill=projection or both. 0: off.
+    mix_teacher: int = 0
     seed: int = 0
     workers_threads: int | None = None
     # The final model's BatchNorm statistics, measured again on this many clean training images and

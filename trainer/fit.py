@@ -238,10 +238,22 @@ class Trainer:
             from .teacher import targets_for
 
             self.distiller = self.distiller.to(self.device)
-            self.teacher, self.teacher_have = targets_for(self.paths, [self.data_dir, *self.extra_dirs],
+            self.teacher, self.teacher_have, self.teacher_centre = targets_for(self.paths, [self.data_dir, *self.extra_dirs],
                                                           teacher_cache, self.recipe)
             print(f"teacher: {int(self.teacher_have[self.splits.train].sum())} of {len(self.splits.train)} "
                   f"training images have a dlib vector ({config.distill}, weight {config.distill_weight})", flush=True)
+        self.blends = None
+        if config.mix_teacher > 0:
+            if not isinstance(self.distiller, ProjectedDistillation):
+                raise ValueError("mix_teacher needs a projected teacher term (--set distill=projection or both)")
+            from . import dlib_net
+            from .blend import TeacherBlends
+            from .teacher import chips_for
+
+            train_paths = [self.paths[i] for i in self.splits.train]
+            self.blends = TeacherBlends(self.crops[self.splits.train], chips_for(train_paths, teacher_cache, self.recipe),
+                                        self.teacher_centre, self.recipe, dlib_net.load().to(self.device))
+            print(f"teacher blends: {config.mix_teacher} a step, dlib run on each blend", flush=True)
         extra_params = list(self.distiller.parameters()) if self.distiller is not None else []
         trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
@@ -349,7 +361,7 @@ class Trainer:
         self.train_mode()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
-        total_loss, total_distill, total_spread, correct, seen, classed = 0.0, 0.0, 0.0, 0, 0, 0
+        total_loss, total_distill, total_spread, total_blend, correct, seen, classed = 0.0, 0.0, 0.0, 0.0, 0, 0, 0
         spread_out = SpreadOut() if config.spread_weight > 0 else None
         start = time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
@@ -366,10 +378,18 @@ class Trainer:
                 batch = augment(batch, generator)
             if config.random_erase > 0:
                 batch = random_erase(batch, generator, config.random_erase)
+            blend_targets = None
+            if self.blends is not None:
+                first = sel[:config.mix_teacher]
+                second = torch.randint(len(self.splits.train), (len(first),), generator=generator).numpy()
+                blended, blend_targets = self.blends.make(first, second, generator, device)
+                batch = torch.cat([batch, blended])
             if config.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast(self.precision, device):
                 embeddings = self.model(batch)
+            if blend_targets is not None:
+                embeddings, blend_embeddings = embeddings[:len(sel)], embeddings[len(sel):]
             if spread_out is not None:  # before the teacher-only rows (-1) are dropped: they are people too
                 spread = spread_out(embeddings, targets)
                 total_spread += spread.item() * len(sel)
@@ -383,6 +403,11 @@ class Trainer:
                                          torch.from_numpy(self.teacher_have[rows]).to(device))
                 total_distill += distill.item() * len(sel)
                 loss = loss + config.distill_weight * distill
+            if blend_targets is not None:
+                blend_term = self.distiller(blend_embeddings.float(), blend_targets,
+                                            torch.ones(len(blend_targets), dtype=torch.bool, device=device))
+                total_blend += blend_term.item() * len(sel)
+                loss = loss + config.distill_weight * blend_term
             if spread_out is not None:
                 loss = loss + config.spread_weight * spread
             self.optimizer.zero_grad(set_to_none=True)
@@ -399,6 +424,7 @@ class Trainer:
         return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(classed, 1),
                 **({"distill_loss": total_distill / max(seen, 1)} if self.distiller is not None else {}),
                 **({"spread_loss": total_spread / max(seen, 1)} if spread_out is not None else {}),
+                **({"blend_distill_loss": total_blend / max(seen, 1)} if self.blends is not None else {}),
                 "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9),
                 "lr": self.scheduler.get_last_lr()[0], "margin": self.head.margin}
 

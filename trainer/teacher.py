@@ -4,11 +4,14 @@ The network (``dlib_face_recognition_resnet_model_v1``, PyPI ``face-recognition-
 5-point landmark model are in the public domain (CC0). dlib's 68-point model is not used. The
 teacher runs only here, never in the service: the served model stays ours.
 
-dlib costs about 0.12 s a face on one core and does not batch, so every training image is
-embedded once, ahead of training, into ``<cache>/teacher/`` (outside the repository; never
-committed): one file per shard of ``--shard K/N`` so two processes can fill it at once, saved
-every few hundred images so a killed fill resumes. dlib gets each aligned 178x218 frame with the
-recipe's crop box as the known face location, as ``bench.accuracy_vs_dlib`` gives it celeba1k.
+dlib itself places the face: its 5-point landmarks in the recipe's crop box of each aligned
+178x218 frame (as ``bench.accuracy_vs_dlib`` gives it celeba1k), then its own 150x150 chip. The
+descriptor network runs in PyTorch (trainer/dlib_net.py, read from dlib's own file and equal to
+dlib's output to float rounding), batched, which is an order of magnitude faster than dlib's
+one-face-at-a-time C++. Every training image is embedded once, ahead of training, into
+``<cache>/teacher/`` (outside the repository; never committed): one file per shard of
+``--shard K/N`` so two processes can fill it at once, saved every few hundred images so a killed
+fill resumes.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from recognizer.preprocess import AlignmentRecipe
 from .data import Dataset, canonical_paths, discover
 
 TEACHER_DIM = 128
-SAVE_EVERY = 500
+SAVE_EVERY = 512  # a multiple of BATCH: a save never splits a batch
+BATCH = 64
 
 
 def import_dlib(*names: str) -> list:
@@ -45,23 +49,46 @@ def import_dlib(*names: str) -> list:
 
 
 class DlibTeacher:
-    """dlib's 5-point landmarks + ResNet descriptor, loaded once."""
+    """dlib's 5-point landmarks and face chips, and its ResNet descriptor in PyTorch; loaded once."""
 
     def __init__(self) -> None:
+        from . import dlib_net
+
         dlib, models = import_dlib("dlib", "face_recognition_models")
         self._dlib = dlib
         self._shape = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
-        self._net = dlib.face_recognition_model_v1(models.face_recognition_model_location())
-        self.version = f"dlib {dlib.__version__} dlib_face_recognition_resnet_model_v1"
+        self._net = dlib_net.load(models.face_recognition_model_location())
+        self.version = f"dlib {dlib.__version__} dlib_face_recognition_resnet_model_v1 (PyTorch)"
+
+    def chip(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The 150x150 RGB chip dlib's ``compute_face_descriptor`` would cut for the face in ``box``
+        = (x0, y0, x1, y1)."""
+        from .dlib_net import CHIP_PADDING, CHIP_SIZE
+
+        shape = self._shape(image, self._dlib.rectangle(*box))
+        return np.asarray(self._dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+    def describe(self, chips: np.ndarray) -> np.ndarray:
+        """Unit-normalised 128-d descriptors of N chips (NxHxWx3 uint8), so the student can be
+        taught cosines (dlib's own metric is the euclidean distance of raw descriptors, whose
+        norms are all close to 1)."""
+        import torch
+
+        with torch.inference_mode():
+            vecs = self._net(torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()).numpy()
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
     def embed(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """128-d descriptor of the face in ``box`` = (x0, y0, x1, y1); unit-normalised here, so
-        the student can be taught cosines (dlib's own metric is the euclidean distance of raw
-        descriptors, whose norms are all close to 1)."""
-        x0, y0, x1, y1 = box
-        shape = self._shape(image, self._dlib.rectangle(x0, y0, x1, y1))
-        vec = np.asarray(self._net.compute_face_descriptor(image, shape), dtype=np.float32)
-        return vec / max(float(np.linalg.norm(vec)), 1e-12)
+        """The unit descriptor of one face."""
+        return self.describe(self.chip(image, box)[None])[0]
+
+
+def frame_box(image: np.ndarray, recipe: AlignmentRecipe) -> tuple[int, int, int, int]:
+    """The recipe's crop box in this aligned frame's pixels (half-resolution frames are smaller)."""
+    fw, fh = recipe.frame_size
+    sx, sy = image.shape[1] / fw, image.shape[0] / fh
+    x0, y0, x1, y1 = recipe.crop_box
+    return round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
 
 
 def cache_key(dataset: Dataset, box: tuple[int, int, int, int]) -> str:
@@ -97,13 +124,16 @@ def fill(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = ".cache", s
             vectors, done = saved["vectors"], saved["done"]
     teacher = teacher or DlibTeacher()
     mine = [i for i in range(shard[0], len(dataset.paths), shard[1]) if not done[i]]
-    fw, fh = recipe.frame_size
+    batch: list[int] = []
+    chips: list[np.ndarray] = []
     for n, i in enumerate(tqdm(mine, desc=f"teacher {shard[0] + 1}/{shard[1]}", unit="img", mininterval=10)):
         image = load_image(dataset.paths[i])
-        sx, sy = image.shape[1] / fw, image.shape[0] / fh
-        x0, y0, x1, y1 = recipe.crop_box
-        vectors[i] = teacher.embed(image, (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)))
-        done[i] = True
+        chips.append(teacher.chip(image, frame_box(image, recipe)))
+        batch.append(i)
+        if len(batch) == BATCH or n + 1 == len(mine):
+            vectors[batch] = teacher.describe(np.stack(chips))
+            done[batch] = True
+            batch, chips = [], []
         if (n + 1) % SAVE_EVERY == 0:
             _save(path, vectors, done)
     _save(path, vectors, done)
@@ -129,9 +159,10 @@ def load(dataset: Dataset, cache_dir: str | os.PathLike = ".cache",
 
 
 def targets_for(paths: list[Path], sources: list[Path], cache_dir: str | os.PathLike = ".cache",
-                recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+                recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teacher vectors for these training images (any of ``sources``), centred over the images
-    that have one and re-normalised (see trainer/distill.py for why), with the have-mask."""
+    that have one and re-normalised (see trainer/distill.py for why), with the have-mask and the
+    centre (a teacher run during training must be centred the same way)."""
     lookup: dict[str, np.ndarray] = {}
     for source in sources:
         dataset = discover(source)
@@ -142,8 +173,34 @@ def targets_for(paths: list[Path], sources: list[Path], cache_dir: str | os.Path
         lookup.update({str(p): v for p, v, h in zip(dataset.paths, vectors, have) if h})
     out = np.zeros((len(paths), TEACHER_DIM), np.float32)
     have = np.array([str(p) in lookup for p in paths], bool)
+    centre = np.zeros(TEACHER_DIM, np.float32)
     if have.any():
         out[have] = np.stack([lookup[str(p)] for p, h in zip(paths, have) if h])
-        out[have] -= out[have].mean(0)
+        centre = out[have].mean(0)
+        out[have] -= centre
         out[have] /= np.maximum(np.linalg.norm(out[have], axis=1, keepdims=True), 1e-12)
-    return out, have
+    return out, have, centre
+
+
+def chips_for(paths: list[Path], cache_dir: str | os.PathLike = ".cache", recipe: AlignmentRecipe | None = None,
+              teacher: DlibTeacher | None = None) -> np.ndarray:
+    """dlib's 150x150 chip of each image (N x 150 x 150 x 3 uint8), for a teacher that runs during
+    training on the same blend the student sees. Cut once and kept in ``<cache>/chips/`` (outside
+    the repository; never committed), keyed by the image list and the crop box."""
+    from .dlib_net import CHIP_SIZE
+
+    recipe = recipe or AlignmentRecipe()
+    src = json.dumps(["dlib-chips", list(recipe.crop_box), [str(Path(p).resolve()) for p in paths]])
+    path = Path(cache_dir) / "chips" / f"{hashlib.sha256(src.encode()).hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    teacher = teacher or DlibTeacher()
+    chips = np.zeros((len(paths), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    for i, p in enumerate(tqdm(paths, desc="dlib chips", unit="img", mininterval=10)):
+        image = load_image(p)
+        chips[i] = teacher.chip(image, frame_box(image, recipe))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, chips)
+    os.replace(tmp, path)
+    return chips

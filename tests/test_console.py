@@ -397,6 +397,9 @@ def test_identify_group_photo_boxes_roster_and_csv(live, page, images):
     lefts = [b[0] for b in _box_geometry(page)["boxes"]]
     assert lefts[0] != pytest.approx(lefts[1], abs=50)  # one box over each copy of the face
     assert page.locator("#identify-faces li").count() == 2
+    rule = re.fullmatch(r"A face matches at score (\d\.\d{3,6}) or more \(the model's threshold\)\.",
+                        page.inner_text("#identify-rule"))
+    assert rule and float(rule.group(1)) == pytest.approx(live.app.extensions["facerec"].recognizer.threshold, abs=1e-3)
 
     roster = {r.locator("th").inner_text(): r.locator(".badge").inner_text()
               for r in page.locator("#roster tbody tr").all()}
@@ -438,6 +441,39 @@ def test_identify_group_photo_boxes_roster_and_csv(live, page, images):
 
     assert page.inner_text("#identify-error").startswith("not a readable image")
     assert addressless(page.inner_text("#identify-error")) == addressless(expected["message"])
+
+
+@requires_browser
+def test_identify_says_when_the_gallery_size_raised_the_threshold(redis_server, service_recognizer, tiny_model,
+                                                                  page, images):
+    """With STRANGER_RATE the page says why a face needs a higher score than the model's threshold.
+    The tiny model has no measured stranger curve, so it gets a made-up one: the page's wording is
+    what is tested here (the curve's use is in test_service_strangers.py)."""
+    import copy
+
+    from recognizer.stranger import StrangerCurve
+
+    recognizer = copy.copy(service_recognizer)
+    low = recognizer.threshold
+    recognizer.strangers = StrangerCurve(model_version=recognizer.version, photos_per_person=1,
+                                         thresholds=(low, low + (1 - low) / 2, 1.0), rates=(1e-2, 1e-3, 0.0),
+                                         pairs=100_000, source="made up for the console test")
+    server = _server(redis_server, recognizer, tiny_model, db=7, worker=False, ADMIN_API_KEYS="", READ_API_KEYS="",
+                     STRANGER_RATE="0.01")
+    try:
+        server.enroll("Eileen Collins", images["head.jpg"])
+        server.enroll("Someone Else", images["head.jpg"])
+        page.goto(server.url + "/#identify")
+        page.set_input_files("#identify-file", payload(images, "pair.jpg"))
+        page.wait_for_selector("#identify-status:has-text('2 faces found')")
+        answer = server.api("POST", "/v1/identify", files={"image": ("pair.jpg", images["pair.jpg"])}).json()
+        assert answer["threshold_source"] == "stranger_rate" and answer["threshold"] > low
+        rule = re.fullmatch(r"A face matches at score (\d\.\d{3,6}) or more: set so that a stranger matches any of "
+                            r"the 2 people enrolled at most 1% of the time\.", page.inner_text("#identify-rule"))
+        assert rule, page.inner_text("#identify-rule")
+        assert float(rule.group(1)) == pytest.approx(answer["threshold"], abs=1e-3)
+    finally:
+        server.close()
 
 
 @requires_browser

@@ -635,6 +635,7 @@
     img.src = state.identifyUrl;
     $("identify-boxes").replaceChildren();
     $("identify-faces").replaceChildren();
+    $("identify-rule").hidden = true;
     $("identify-figure").hidden = false;
     $("identify-figure").setAttribute("aria-busy", "true");
     status.textContent = `Looking for faces in ${file.name}…`;
@@ -710,6 +711,22 @@
     if (!result.faces.length) list.append(el("li", { class: "none", text: `No face found in ${photoName}.` }));
     $("identify-faces").setAttribute("aria-label",
       `Faces found (match at score ${fmtScore(result.threshold)} or more)`);
+    $("identify-rule").textContent = ruleText(result);
+    $("identify-rule").hidden = false;
+  }
+
+  /** Why identify matched at the score it did: the model's threshold, or one raised with the
+   *  gallery's size so that strangers stay rare (the server's STRANGER_RATE). */
+  function ruleText(result) {
+    const at = `A face matches at score ${fmtScore(result.threshold)} or more`;
+    const rule = result.stranger_rate;
+    if (result.threshold_source === "request") return `${at} (the threshold this request asked for).`;
+    if (result.threshold_source !== "stranger_rate" || !rule) return `${at} (the model's threshold).`;
+    const percent = `${+(rule.target * 100).toPrecision(3)}%`;
+    const who = rule.people === 1 ? "the 1 person enrolled" : `any of the ${rule.people} people enrolled`;
+    return `${at}: set so that a stranger matches ${who} at most ${percent} of the time` +
+      (rule.within_curve ? "." : ", as far as the model's stranger curve can tell: it was measured on too few " +
+        "strangers for this many people, so this is the lowest score none of them reached.");
   }
 
   /** Labels that would cover one another (small display, crowded photo) shrink to their number;

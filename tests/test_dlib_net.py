@@ -50,3 +50,39 @@ def test_a_file_that_is_not_dlibs_network_is_refused(tmp_path):
     bad.write_bytes(b"\x01\x01\x01\x0dloss_metric_2" + bytes(64))
     with pytest.raises(dlib_net.DlibFormatError):
         dlib_net.load(bad)
+
+
+def test_the_mirror_view_is_dlibs_mirror_average_and_the_same_for_a_face_and_its_mirror(nets):
+    from trainer.teacher import describe_tensor
+
+    ours, _ = nets
+    chips = torch.from_numpy(_chips()[:3]).permute(0, 3, 1, 2).float()
+    with torch.inference_mode():
+        mirror = describe_tensor(ours, chips, "mirror")
+        plain = describe_tensor(ours, chips, "plain")
+        flipped = describe_tensor(ours, chips.flip(3), "plain")
+        assert torch.allclose(mirror, torch.nn.functional.normalize(plain + flipped, dim=1), atol=1e-6)
+        assert torch.allclose(describe_tensor(ours, chips.flip(3), "mirror"), mirror, atol=1e-5)
+    assert float((mirror * plain).sum(1).min()) < 0.99999  # the mirror changes the vector: not a no-op
+    with pytest.raises(ValueError, match="one of plain, mirror"):
+        describe_tensor(ours, chips, "jitter")
+
+
+def test_mirror_vectors_are_cached_apart_from_plain_ones(tmp_path):
+    from conftest import make_synthetic_celeba
+
+    from trainer import teacher as teacher_mod
+    from trainer.data import discover
+
+    root = make_synthetic_celeba(tmp_path / "src", identities=3, per_identity=2)
+    dataset = discover(root)
+    teacher_mod.fill(root, tmp_path, views="mirror")
+    mirror, have = teacher_mod.load(dataset, tmp_path, views="mirror")
+    assert have.all() and np.allclose(np.linalg.norm(mirror, axis=1), 1.0, atol=1e-5)
+    assert not teacher_mod.load(dataset, tmp_path)[1].any()  # no plain vectors were made
+    assert teacher_mod.targets_for(dataset.paths, [root], tmp_path, views="mirror")[1].all()
+    with pytest.raises(ValueError, match=r"no teacher vectors \(plain\)"):
+        teacher_mod.targets_for(dataset.paths, [root], tmp_path)
+    other = make_synthetic_celeba(tmp_path / "other", identities=2, per_identity=2)
+    with pytest.raises(ValueError, match="--views mirror"):
+        teacher_mod.targets_for(discover(other).paths, [other], tmp_path, views="mirror")

@@ -373,6 +373,35 @@ def test_fit_with_a_teacher_cache_adds_the_distillation_term(synthetic_celeba, t
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["distiller"]
 
 
+def test_fit_learns_the_teacher_views_it_is_told_to(synthetic_celeba, tmp_path):
+    """teacher_views=mirror reads the mirror-averaged cache (`trainer teacher --views mirror`), never
+    the plain one, and an unknown view is refused by name."""
+    from recognizer.preprocess import AlignmentRecipe
+    from trainer import teacher as teacher_mod
+
+    dataset = discover(synthetic_celeba)
+    box = AlignmentRecipe().crop_box
+    rng = np.random.default_rng(1)
+    plain = rng.normal(size=(len(dataset.paths), 128)).astype(np.float32)
+    mirror = rng.normal(size=(len(dataset.paths), 128)).astype(np.float32)
+    teacher_mod._save(tmp_path / "teacher" / f"{teacher_mod.cache_key(dataset, box)}-0of1.npz", plain,
+                      np.ones(len(plain), bool))
+    teacher_mod._save(tmp_path / "teacher" / f"{teacher_mod.cache_key(dataset, box, 'mirror')}-0of1.npz", mirror,
+                      np.ones(len(mirror), bool))
+    assert teacher_mod.cache_key(dataset, box, "mirror") != teacher_mod.cache_key(dataset, box)
+    config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0, teacher_views="mirror")
+    trainer = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None, teacher_cache=tmp_path)
+    expected = mirror - mirror.mean(0)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    by_path = {str(p): v for p, v in zip(dataset.paths, expected)}
+    got = np.stack([by_path[str(p)] for p in trainer.paths])
+    assert np.allclose(trainer.teacher, got, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher_views 'jitter'"):
+        Trainer(synthetic_celeba, get_config("tiny", epochs=1, distill="projection", distill_weight=1.0,
+                                             teacher_views="jitter"), tmp_path / "bad", cache_dir=None,
+                teacher_cache=tmp_path)
+
+
 def test_the_spread_out_term_sees_only_pairs_of_different_people():
     from trainer.spread import SpreadOut
 

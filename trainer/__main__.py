@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     tea.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="K/N",
                       help="this process does every N-th image from K (0 <= K < N)")
     tea.add_argument("--threads", type=int, default=None)
+    tea.add_argument("--views", choices=("plain", "mirror"), default="plain",
+                     help="mirror: the mean of dlib's descriptors of the chip and its mirror (for --set teacher_views=mirror)")
 
     rel = sub.add_parser("release", help="a run's model.pt -> models/facerec.pt (fp16), measured, with its model card")
     rel.add_argument("--model", required=True, help="the run's model.pt (fp32)")
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "teacher":
         from .teacher import fill
 
-        print(fill(args.data, args.cache, args.shard))
+        print(fill(args.data, args.cache, args.shard, views=args.views))
         return 0
     if args.command == "release":
         from pathlib import Path

@@ -22,16 +22,20 @@ class TeacherBlends:
     """Makes (student batch, teacher targets) for blends of training rows; built once per run."""
 
     def __init__(self, crops: np.ndarray, chips: np.ndarray, centre: np.ndarray, recipe: AlignmentRecipe,
-                 net: nn.Module) -> None:
+                 net: nn.Module, views: str = "plain") -> None:
         if len(crops) != len(chips):
             raise ValueError(f"{len(crops)} crops against {len(chips)} chips")
         self.crops, self.chips, self.recipe, self.net = crops, chips, recipe, net.eval()
         self.centre = torch.from_numpy(np.asarray(centre, np.float32))
+        self.views = views  # as the cached targets were made (trainer/teacher.py TEACHER_VIEWS)
 
     def teacher(self, chips: torch.Tensor) -> torch.Tensor:
-        """dlib's unit descriptor of float chips (NCHW, 0-255), centred as the cached targets are."""
+        """dlib's unit descriptor of float chips (NCHW, 0-255), made and centred as the cached
+        targets are."""
+        from .teacher import describe_tensor
+
         with torch.no_grad():
-            vecs = F.normalize(self.net(chips), dim=1)
+            vecs = describe_tensor(self.net, chips, self.views)
         return F.normalize(vecs - self.centre.to(vecs.device), dim=1)
 
     def make(self, first: np.ndarray, second: np.ndarray, generator: torch.Generator,

@@ -238,10 +238,11 @@ class Trainer:
             from .teacher import targets_for
 
             self.distiller = self.distiller.to(self.device)
-            self.teacher, self.teacher_have, self.teacher_centre = targets_for(self.paths, [self.data_dir, *self.extra_dirs],
-                                                          teacher_cache, self.recipe)
+            self.teacher, self.teacher_have, self.teacher_centre = targets_for(
+                self.paths, [self.data_dir, *self.extra_dirs], teacher_cache, self.recipe, config.teacher_views)
             print(f"teacher: {int(self.teacher_have[self.splits.train].sum())} of {len(self.splits.train)} "
-                  f"training images have a dlib vector ({config.distill}, weight {config.distill_weight})", flush=True)
+                  f"training images have a dlib vector ({config.distill}, weight {config.distill_weight}, "
+                  f"{config.teacher_views} views)", flush=True)
         self.blends = None
         if config.mix_teacher > 0:
             if not isinstance(self.distiller, ProjectedDistillation):
@@ -252,7 +253,8 @@ class Trainer:
 
             train_paths = [self.paths[i] for i in self.splits.train]
             self.blends = TeacherBlends(self.crops[self.splits.train], chips_for(train_paths, teacher_cache, self.recipe),
-                                        self.teacher_centre, self.recipe, dlib_net.load().to(self.device))
+                                        self.teacher_centre, self.recipe, dlib_net.load().to(self.device),
+                                        config.teacher_views)
             print(f"teacher blends: {config.mix_teacher} a step, dlib run on each blend", flush=True)
         extra_params = list(self.distiller.parameters()) if self.distiller is not None else []
         trained = [p for p in self.model.parameters() if p.requires_grad]

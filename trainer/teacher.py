@@ -30,6 +30,11 @@ from recognizer.preprocess import AlignmentRecipe
 from .data import Dataset, canonical_paths, discover
 
 TEACHER_DIM = 128
+# What each cached vector is: dlib's descriptor of the chip ("plain"), or the mean of its unit
+# descriptors of the chip and its mirror image ("mirror"): dlib's own test-time mirror average,
+# a better teacher (val TAR at FAR 1e-3 0.839 -> 0.858, docs/BENCHMARKS.md session 19) that
+# matches the student, whose served embedding is mirror-averaged too.
+TEACHER_VIEWS = ("plain", "mirror")
 SAVE_EVERY = 512  # a multiple of BATCH: a save never splits a batch
 BATCH = 64
 
@@ -68,19 +73,31 @@ class DlibTeacher:
         shape = self._shape(image, self._dlib.rectangle(*box))
         return np.asarray(self._dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
 
-    def describe(self, chips: np.ndarray) -> np.ndarray:
+    def describe(self, chips: np.ndarray, views: str = "plain") -> np.ndarray:
         """Unit-normalised 128-d descriptors of N chips (NxHxWx3 uint8), so the student can be
         taught cosines (dlib's own metric is the euclidean distance of raw descriptors, whose
-        norms are all close to 1)."""
+        norms are all close to 1); ``views="mirror"``: of the chip and its mirror, averaged."""
         import torch
 
         with torch.inference_mode():
-            vecs = self._net(torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()).numpy()
-        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
+            return describe_tensor(self._net, x, views).numpy()
 
     def embed(self, image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         """The unit descriptor of one face."""
         return self.describe(self.chip(image, box)[None])[0]
+
+
+def describe_tensor(net, chips, views: str = "plain"):
+    """dlib's unit descriptors of float chips (NCHW, 0-255) under ``views`` (TEACHER_VIEWS)."""
+    import torch.nn.functional as F
+
+    if views not in TEACHER_VIEWS:
+        raise ValueError(f"teacher views {views!r}: one of {', '.join(TEACHER_VIEWS)}")
+    vecs = F.normalize(net(chips), dim=1)
+    if views == "mirror":
+        vecs = F.normalize(vecs + F.normalize(net(chips.flip(3)), dim=1), dim=1)
+    return vecs
 
 
 def frame_box(image: np.ndarray, recipe: AlignmentRecipe) -> tuple[int, int, int, int]:
@@ -91,9 +108,11 @@ def frame_box(image: np.ndarray, recipe: AlignmentRecipe) -> tuple[int, int, int
     return round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)
 
 
-def cache_key(dataset: Dataset, box: tuple[int, int, int, int]) -> str:
-    """Names the image list and how dlib was given the face: another list or box misses."""
-    src = json.dumps(["dlib-frame-box", list(box), canonical_paths(dataset)])
+def cache_key(dataset: Dataset, box: tuple[int, int, int, int], views: str = "plain") -> str:
+    """Names the image list, how dlib was given the face and which views it described: another
+    list, box or views misses (plain keys are those of every cache before views existed)."""
+    tail = [] if views == "plain" else [views]
+    src = json.dumps(["dlib-frame-box", list(box), canonical_paths(dataset), *tail])
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
@@ -109,13 +128,13 @@ def _save(path: Path, vectors: np.ndarray, done: np.ndarray) -> None:
 
 
 def fill(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = ".cache", shard: tuple[int, int] = (0, 1),
-         recipe: AlignmentRecipe | None = None, teacher: DlibTeacher | None = None) -> dict:
+         recipe: AlignmentRecipe | None = None, teacher: DlibTeacher | None = None, views: str = "plain") -> dict:
     """Embed this shard's images (every N-th from K) of a CelebA-layout source; resumable."""
     recipe = recipe or AlignmentRecipe()
     dataset = discover(data_dir)
     if dataset.layout != "celeba":
         raise ValueError(f"{data_dir}: the teacher reads aligned CelebA-layout frames (run `trainer prepare`)")
-    key = cache_key(dataset, recipe.crop_box)
+    key = cache_key(dataset, recipe.crop_box, views)
     path = _shard_path(Path(cache_dir), key, shard)
     vectors = np.zeros((len(dataset.paths), TEACHER_DIM), np.float32)
     done = np.zeros(len(dataset.paths), bool)
@@ -131,7 +150,7 @@ def fill(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = ".cache", s
         chips.append(teacher.chip(image, frame_box(image, recipe)))
         batch.append(i)
         if len(batch) == BATCH or n + 1 == len(mine):
-            vectors[batch] = teacher.describe(np.stack(chips))
+            vectors[batch] = teacher.describe(np.stack(chips), views)
             done[batch] = True
             batch, chips = [], []
         if (n + 1) % SAVE_EVERY == 0:
@@ -142,11 +161,11 @@ def fill(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = ".cache", s
 
 
 def load(dataset: Dataset, cache_dir: str | os.PathLike = ".cache",
-         recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray]:
+         recipe: AlignmentRecipe | None = None, views: str = "plain") -> tuple[np.ndarray, np.ndarray]:
     """(vectors Nx128 float32, have mask) for every image of ``dataset``, merged over whatever
     shards exist; images no shard has embedded yet have ``have == False``."""
     recipe = recipe or AlignmentRecipe()
-    key = cache_key(dataset, recipe.crop_box)
+    key = cache_key(dataset, recipe.crop_box, views)
     vectors = np.zeros((len(dataset.paths), TEACHER_DIM), np.float32)
     have = np.zeros(len(dataset.paths), bool)
     for path in sorted((Path(cache_dir) / "teacher").glob(f"{key}-*of*.npz")):
@@ -159,17 +178,21 @@ def load(dataset: Dataset, cache_dir: str | os.PathLike = ".cache",
 
 
 def targets_for(paths: list[Path], sources: list[Path], cache_dir: str | os.PathLike = ".cache",
-                recipe: AlignmentRecipe | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                recipe: AlignmentRecipe | None = None,
+                views: str = "plain") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teacher vectors for these training images (any of ``sources``), centred over the images
     that have one and re-normalised (see trainer/distill.py for why), with the have-mask and the
     centre (a teacher run during training must be centred the same way)."""
+    if views not in TEACHER_VIEWS:
+        raise ValueError(f"teacher_views {views!r}: one of {', '.join(TEACHER_VIEWS)}")
     lookup: dict[str, np.ndarray] = {}
     for source in sources:
         dataset = discover(source)
-        vectors, have = load(dataset, cache_dir, recipe)
+        vectors, have = load(dataset, cache_dir, recipe, views)
         if not have.any():  # a partial cache is fine (those rows get no term); none at all is a mistake
-            raise ValueError(f"no teacher vectors cached for {source} under {cache_dir}: run "
-                             f"`python -m trainer teacher --data {source}` first (or train without --set distill)")
+            flag = "" if views == "plain" else f" --views {views}"
+            raise ValueError(f"no teacher vectors ({views}) cached for {source} under {cache_dir}: run "
+                             f"`python -m trainer teacher --data {source}{flag}` first (or train without --set distill)")
         lookup.update({str(p): v for p, v, h in zip(dataset.paths, vectors, have) if h})
     out = np.zeros((len(paths), TEACHER_DIM), np.float32)
     have = np.array([str(p) in lookup for p in paths], bool)

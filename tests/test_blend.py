@@ -78,7 +78,7 @@ def test_fit_with_teacher_blends_adds_their_term(synthetic_celeba, tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(len(dataset.paths), 128)).astype(np.float32)
     teacher_mod._save(tmp_path / "teacher" / f"{key}-0of1.npz", vectors, np.ones(len(vectors), bool))
-    config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0, mix_teacher=4)
+    config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0, mix_teacher=4, mix_share=0.5)
     trainer = Trainer(synthetic_celeba, config, tmp_path / "run", cache_dir=None, teacher_cache=tmp_path)
     assert len(trainer.blends.chips) == len(trainer.splits.train)
     assert list((tmp_path / "chips").glob("*.npy"))  # cut once, kept for the next run

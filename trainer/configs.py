@@ -51,6 +51,9 @@ class TrainConfig:
     # Blends of training-face pairs added to each batch, taught by dlib's network run on the same
     # blend (trainer/blend.py), at distill_weight; needs distill=projection or both. 0: off.
     mix_teacher: int = 0
+    # The blends' term weighs this share of distill_weight (at 1.0 the blends crowded the real
+    # faces out of the projection: session 19).
+    mix_share: float = 1.0
     # Which cached teacher vectors to learn: "plain" (dlib's descriptor of the chip) or "mirror"
     # (of the chip and its mirror, averaged; `trainer teacher --views mirror` caches them).
     teacher_views: str = "plain"

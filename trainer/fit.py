@@ -409,7 +409,7 @@ class Trainer:
                 blend_term = self.distiller(blend_embeddings.float(), blend_targets,
                                             torch.ones(len(blend_targets), dtype=torch.bool, device=device))
                 total_blend += blend_term.item() * len(sel)
-                loss = loss + config.distill_weight * blend_term
+                loss = loss + config.distill_weight * config.mix_share * blend_term
             if spread_out is not None:
                 loss = loss + config.spread_weight * spread
             self.optimizer.zero_grad(set_to_none=True)

@@ -57,7 +57,11 @@ class TrainConfig:
     # Which cached teacher vectors to learn: "plain" (dlib's descriptor of the chip) or "mirror"
     # (of the chip and its mirror, averaged; `trainer teacher --views mirror` caches them).
     teacher_views: str = "plain"
+    # Splits, galleries and the closed-set evaluation follow ``seed``; data order, augmentation,
+    # dropout and any random initialisation follow ``order_seed`` (None: ``seed``). Another
+    # order_seed is a second run of a recipe on the very same split, so the two are comparable.
     seed: int = 0
+    order_seed: int | None = None
     workers_threads: int | None = None
     # The final model's BatchNorm statistics, measured again on this many clean training images and
     # their mirrors (trainer/average.py), instead of the running averages of augmented batches: on

@@ -226,7 +226,8 @@ class Trainer:
         self.class_index = {int(c): i for i, c in enumerate(train_classes)}
         self.train_targets = np.array([-1 if t else self.class_index[int(c)] for c, t in
                                        zip(labels[self.splits.train], teacher_only[self.splits.train])], dtype=np.int64)
-        torch.manual_seed(config.seed)
+        self.run_seed = config.seed if config.order_seed is None else config.order_seed
+        torch.manual_seed(self.run_seed)
         self.model = build_backbone(config.dropout).to(self.device)
         self.head = CosFaceHead(512, len(train_classes), config.scale, config.margin).to(self.device)
         if config.channels_last:
@@ -361,7 +362,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         config, device = self.config, self.device
         self.train_mode()
-        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(self.run_seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
         total_loss, total_distill, total_spread, total_blend, correct, seen, classed = 0.0, 0.0, 0.0, 0.0, 0, 0, 0
         spread_out = SpreadOut() if config.spread_weight > 0 else None

@@ -29,10 +29,14 @@ def test_a_packed_cache_rebuilds_where_no_image_exists_and_trains(synthetic_cele
     vectors = np.random.default_rng(0).normal(size=(len(dataset.paths), 128)).astype(np.float32)
     done = np.arange(len(vectors)) % 3 != 0
     teacher_mod._save(tmp_path / "here" / "teacher" / f"{key}-0of1.npz", vectors, done)
+    mirror_key = teacher_mod.cache_key(dataset, recipe.crop_box, "mirror")  # a mirror run's targets travel too
+    mirrored = np.random.default_rng(1).normal(size=vectors.shape).astype(np.float32)
+    teacher_mod._save(tmp_path / "here" / "teacher" / f"{mirror_key}-0of1.npz", mirrored, ~done)
 
     summary = bundle.pack([source], recipe.input_size, tmp_path / "bundle", tmp_path / "here", tmp_path / "here",
                           part_mib=0.05)
     assert len(summary["parts"]) >= 2 and summary["crops"] == int(ok.sum())
+    assert summary["taught_sources"] == 1 and summary["teacher_caches"] == 2
     shutil.rmtree(source)  # the other machine: none of the images, only the parts
     parts = [tmp_path / "bundle" / p for p in summary["parts"]]
     with pytest.raises(bundle.BundleError, match="missing"):
@@ -49,6 +53,8 @@ def test_a_packed_cache_rebuilds_where_no_image_exists_and_trains(synthetic_cele
         assert np.abs(data["crops"].astype(int) - crops).mean() < 4.0  # lossy, as documented
     got, have = teacher_mod.load(rebuilt, tmp_path / "there", recipe)
     assert np.array_equal(have, done) and np.allclose(got[done], vectors[done], atol=1e-2)
+    got, have = teacher_mod.load(rebuilt, tmp_path / "there", recipe, "mirror")
+    assert np.array_equal(have, ~done) and np.allclose(got[~done], mirrored[~done], atol=1e-2)
 
     config = get_config("tiny", epochs=1, distill="projection", distill_weight=1.0)
     trainer = Trainer(source, config, tmp_path / "run", cache_dir=tmp_path / "there", teacher_cache=tmp_path / "there")

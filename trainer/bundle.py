@@ -2,7 +2,7 @@
 
 A lent GPU machine sees only what is sent with the repository (tens of MiB a call) and returns
 files of a few MiB each. ``pack`` writes each source's cached crops (WebP, lossy; ~2 KB a crop
-at 96x80 instead of 23 KB raw) and its teacher vectors (fp16) into parts of at most
+at 96x80 instead of 23 KB raw) and its teacher vectors (fp16, every cached view) into parts of at most
 ``--part-mib``, with a manifest of every image path. ``unpack`` on the other machine rebuilds
 the same caches under the same keys, with empty placeholder files at the original absolute
 paths so that ``discover`` lists the same images, and checks each key before writing: the
@@ -76,15 +76,19 @@ def pack(sources: Sequence[str | os.PathLike], input_size: tuple[int, int], out:
         with np.load(cache) as data:
             crops, ok = data["crops"], data["ok"]
         key = teacher.cache_key(dataset, recipe.crop_box)
-        vectors, have = teacher.load(dataset, teacher_cache, recipe)  # its shards, merged
-        if have.any():
-            teacher_arrays[f"{key}:vectors"] = vectors.astype(np.float16)
-            teacher_arrays[f"{key}:done"] = have
+        taught: dict[str, str] = {}  # every view cached here travels (a mirror run needs its own)
+        for views in teacher.TEACHER_VIEWS:
+            vectors, have = teacher.load(dataset, teacher_cache, recipe, views)  # its shards, merged
+            if have.any():
+                view_key = teacher.cache_key(dataset, recipe.crop_box, views)
+                teacher_arrays[f"{view_key}:vectors"] = vectors.astype(np.float16)
+                teacher_arrays[f"{view_key}:done"] = have
+                taught[views] = view_key
         root = dataset.root.resolve()
         ident = root / "identity_CelebA.txt"
         manifest["sources"].append({
             "root": str(root), "layout": dataset.layout, "crops_cache": cache.name, "teacher_key": key,
-            "teacher": bool(have.any()), "ok": np.flatnonzero(ok).tolist(),
+            "teacher_views": taught, "ok": np.flatnonzero(ok).tolist(),
             "paths": [str(p.resolve().relative_to(root)) for p in dataset.paths],
             "identity_file": ident.read_text() if dataset.layout == "celeba" else None})
         for i in tqdm(np.flatnonzero(ok), desc=f"webp {Path(source).name}", unit="crop", mininterval=5):
@@ -107,7 +111,8 @@ def pack(sources: Sequence[str | os.PathLike], input_size: tuple[int, int], out:
     _write_part(out / f"p{part}", rows)
     sizes.append(sum(f.stat().st_size for f in (out / f"p{part}").iterdir()))
     return {"parts": [f"p{i}" for i in range(part + 1)], "mib": [round(b / 2**20, 1) for b in sizes],
-            "crops": len(encoded), "taught_sources": len(teacher_arrays) // 2}
+            "crops": len(encoded), "taught_sources": sum(bool(src["teacher_views"]) for src in manifest["sources"]),
+            "teacher_caches": len(teacher_arrays) // 2}
 
 
 def unpack(parts: Sequence[str | os.PathLike], cache_dir: str | os.PathLike = ".cache",
@@ -160,10 +165,13 @@ def unpack(parts: Sequence[str | os.PathLike], cache_dir: str | os.PathLike = ".
             tmp = cache.with_suffix(".tmp.npz")
             np.savez(tmp, crops=crops[s], ok=ok)
             os.replace(tmp, cache)
-        shards = list((Path(teacher_cache) / "teacher").glob(f"{key}-*of*.npz"))
-        if src["teacher"] and not shards:
-            target = Path(teacher_cache) / "teacher" / f"{key}-0of1.npz"
-            teacher._save(target, teacher_arrays[f"{key}:vectors"].astype(np.float32), teacher_arrays[f"{key}:done"])
+        for views, view_key in src["teacher_views"].items():
+            if view_key != teacher.cache_key(dataset, recipe.crop_box, views):
+                raise BundleError(f"{root}: its {views} teacher vectors were packed under another key")
+            if not list((Path(teacher_cache) / "teacher").glob(f"{view_key}-*of*.npz")):
+                target = Path(teacher_cache) / "teacher" / f"{view_key}-0of1.npz"
+                teacher._save(target, teacher_arrays[f"{view_key}:vectors"].astype(np.float32),
+                              teacher_arrays[f"{view_key}:done"])
     return {"sources": [s["root"] for s in manifest["sources"]], "crops": int(sum(f.sum() for f in filled)),
             "kept_existing": kept}
 

@@ -364,7 +364,8 @@ class Trainer:
         self.train_mode()
         generator = torch.Generator().manual_seed(self.run_seed * 1000 + epoch)
         order = torch.randperm(len(self.splits.train), generator=generator).numpy()
-        total_loss, total_distill, total_spread, total_blend, correct, seen, classed = 0.0, 0.0, 0.0, 0.0, 0, 0, 0
+        total_loss, total_margin, total_distill, total_spread, total_blend = 0.0, 0.0, 0.0, 0.0, 0.0
+        correct, seen, classed = 0, 0, 0
         spread_out = SpreadOut() if config.spread_weight > 0 else None
         start = time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="step",
@@ -400,6 +401,7 @@ class Trainer:
             targets = targets[has_class]
             loss, cosines = (self.head(embeddings.float()[has_class], targets) if len(targets)
                              else (embeddings.sum() * 0.0, embeddings.new_zeros((0, 1))))
+            total_margin += loss.item() * len(sel)
             if self.distiller is not None:
                 rows = self.splits.train[sel]
                 distill = self.distiller(embeddings.float(), torch.from_numpy(self.teacher[rows]).to(device),
@@ -424,7 +426,9 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / max(classed, 1):.3f}",
                             lr=f"{self.scheduler.get_last_lr()[0]:.4f}", refresh=False)
         elapsed = time.time() - start
-        return {"loss": total_loss / max(seen, 1), "train_accuracy": correct / max(classed, 1),
+        # Each term is averaged over the same images as "loss", so loss = margin_loss + the weighted terms.
+        return {"loss": total_loss / max(seen, 1), "margin_loss": total_margin / max(seen, 1),
+                "train_accuracy": correct / max(classed, 1),
                 **({"distill_loss": total_distill / max(seen, 1)} if self.distiller is not None else {}),
                 **({"spread_loss": total_spread / max(seen, 1)} if spread_out is not None else {}),
                 **({"blend_distill_loss": total_blend / max(seen, 1)} if self.blends is not None else {}),

@@ -87,8 +87,9 @@ def test_fit_with_teacher_blends_adds_their_term(synthetic_celeba, tmp_path):
     epoch = history[0]
     assert 0.0 < epoch["blend_distill_loss"] <= 2.0
     # The blends' term enters at distill_weight x mix_share, not at the real faces' full weight.
-    assert epoch["loss"] == pytest.approx(
-        epoch["margin_loss"] + 1.0 * epoch["distill_loss"] + 1.0 * 0.5 * epoch["blend_distill_loss"], rel=1e-4)
+    weight = config.distill_weight
+    assert epoch["loss"] == pytest.approx(epoch["margin_loss"] + weight * epoch["distill_loss"]
+                                          + weight * config.mix_share * epoch["blend_distill_loss"], rel=1e-4)
 
 
 def test_teacher_blends_need_the_projected_term(synthetic_celeba, tmp_path):

@@ -6,9 +6,10 @@ the ways taking turns within every round so that all see the same machine load. 
 embeddings are compared with today's by cosine (accepted at >= 0.995), and with ``--ir`` the
 celeba_ir open-set protocol's TPR at FPR 0.01 is computed for each (accepted if it moves by
 less than 0.005). bf16 runs only where the CPU has native bf16 (AMX or AVX512-BF16). With
-``--int8``, ONNX Runtime's static int8 quantization (QDQ, per-channel 7-bit weights, which avoid
-the u8s8 overflow of CPUs without VNNI) is calibrated on other CelebA frames than the timed ones and
-joins the comparison under the same acceptance bars.
+``--int8``, the service's ``INFERENCE_BACKEND=onnx-int8`` (ONNX Runtime's static int8 graph, made
+from the parameters kept beside the model by ``trainer calibrate-int8``: recognizer/int8.py) joins
+the comparison under the same acceptance bars. Its ranges were measured on training-split crops;
+the timed frames are spread over all of celeba1k.
 
     OMP_NUM_THREADS=1 python -m bench.embed_speed --model /tmp/model.pt --threads 1 --ir
 """
@@ -37,47 +38,6 @@ def tpr_at_fpr(emb: dict[str, np.ndarray], labels: np.ndarray, fpr: float = 0.01
     return float(np.mean(pos > thr))
 
 
-def onnx_int8(onnx_rec, calibration: np.ndarray, threads: int):
-    """``onnx_rec``'s embed function with its fp32 graph swapped for a static int8 one.
-
-    The graph is quantized with ONNX Runtime's own tooling, min/max-calibrated on
-    ``calibration`` (aligned uint8 crops, flipped too where the model averages flips). The
-    embedder's pre- and post-processing (pixel normalisation, flip averaging, L2) stay the
-    product's: only the session changes."""
-    import tempfile
-
-    import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
-
-    from recognizer.preprocess import to_tensor
-
-    embedder = onnx_rec.embedder
-    batches = [to_tensor(calibration[s:s + 16], embedder.recipe).numpy() for s in range(0, len(calibration), 16)]
-    if embedder.flip_average:
-        batches += [b[:, :, :, ::-1].copy() for b in batches]
-
-    class Faces(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rest = iter(batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self.rest, None)
-            return None if batch is None else {"x": batch}
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = max(1, threads), 1
-    with tempfile.TemporaryDirectory(prefix="embed-int8-") as tmp:  # the session keeps the graph in memory
-        work = Path(tmp)
-        quant_pre_process(str(embedder._onnx.path), str(work / "pre.onnx"))  # noqa: SLF001 - the cached graph
-        quantize_static(str(work / "pre.onnx"), str(work / "int8.onnx"), Faces(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
-        embedder._onnx.session = ort.InferenceSession(str(work / "int8.onnx"), options,  # noqa: SLF001
-                                                      providers=["CPUExecutionProvider"])
-    return onnx_rec.embed
-
-
 def run(args: argparse.Namespace) -> dict:
     import csv
 
@@ -101,13 +61,9 @@ def run(args: argparse.Namespace) -> dict:
     ways = {"torch fp32 (today)": torch_rec.embed, "onnxruntime fp32": onnx_rec.embed}
     if native_bf16():
         ways["torch bf16 autocast"] = bf16
-    if args.int8:  # calibrated on frames between the timed ones, never on them
-        timed = set(paths)
-        others = [q for q in sorted(celeba.glob("*.jpg")) if q not in timed]
-        others = others[:: max(1, len(others) // 128)][:128]
-        calibration = np.stack([torch_rec.prepare(p, "frame") for p in others])
-        ways["onnxruntime int8 (static, calibrated)"] = onnx_int8(
-            Recognizer(torch_rec.artifact, threads=args.threads, backend="onnx"), calibration, args.threads)
+    if args.int8:  # the product's: the parameters beside the model (trainer calibrate-int8)
+        ways["onnxruntime int8 (INFERENCE_BACKEND=onnx-int8)"] = Recognizer(
+            args.model, threads=args.threads, backend="onnx-int8").embed
     ref = torch_rec.embed(crops)
     result: dict = {"faces": len(crops), "ways": {}}
     for name, fn in ways.items():
@@ -155,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--model", default=str(common.DEFAULT_MODEL), help="model artifact")
     p.add_argument("--ir", action="store_true", help="also compare celeba_ir TPR at FPR 0.01 (embeds 3,223 crops per way)")
-    p.add_argument("--int8", action="store_true", help="also ONNX Runtime static int8 (calibrated on 128 other frames)")
+    p.add_argument("--int8", action="store_true", help="also INFERENCE_BACKEND=onnx-int8 (needs <model>.int8.json)")
     args = p.parse_args(argv)
     args.faces, args.rounds = (64, 2) if args.quick else (256, 6)
     start = time.perf_counter()

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-job", type=int, default=None, help="images per POST /v1/enroll (default 16; quick 8)")
     p.add_argument("--batch", type=int, default=None, help="in-process embedding batch (default 32; quick 8)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the jobs of one measurement")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
                    help="INFERENCE_BACKEND of the workers and of the in-process yardstick alike")
     p.add_argument("--keep-logs", action="store_true", help="keep the server/worker/redis logs (kept on failure)")
     args = p.parse_args(argv)

@@ -2,14 +2,16 @@
 
 One private Redis and gallery (CelebA people enrolled through the API, as ``bench.http_identify``
 does), two gunicorns with the same model (``--web-concurrency`` workers x 1 torch thread each):
-``INFERENCE_BACKEND=torch`` and ``INFERENCE_BACKEND=onnx``. Three ways to identify:
+``INFERENCE_BACKEND=torch``, ``onnx`` and ``onnx-int8`` (three gunicorns). Four ways to identify:
 
 * ``today``: torch, the service's default ``MIN_FACE_SIZE`` (20);
 * ``min_face_size=80``: torch, the request asks for faces of 80 px and more (a checkpoint camera);
-* ``min_face_size=80 + onnx``: the same request to the ONNX Runtime server.
+* ``min_face_size=80 + onnx``: the same request to the ONNX Runtime server;
+* ``min_face_size=80 + onnx-int8``: the same to the server with the int8 embedding network
+  (the parameters beside the model, ``trainer calibrate-int8``).
 
-One client; every image goes to the three ways in turn, round after round, so drift on the
-machine hits all three alike. Reported: p50 per way (over all requests, and per image kind), its
+One client; every image goes to the ways in turn, round after round, so drift on the
+machine hits all of them alike. Reported: p50 per way (over all requests, and per image kind), its
 ratio to today's, and whether the answers are today's: per image the same number of faces, each
 box with IoU >= 0.9 against today's, and the same decision and top person for each face.
 
@@ -28,7 +30,8 @@ from . import common
 from .http_identify import enroll, pick_images
 from .service_stack import Stack
 
-WAYS = (("today", "torch", None), ("min_face_size=80", "torch", 80), ("min_face_size=80 + onnx", "onnx", 80))
+WAYS = (("today", "torch", None), ("min_face_size=80", "torch", 80), ("min_face_size=80 + onnx", "onnx", 80),
+        ("min_face_size=80 + onnx-int8", "onnx-int8", 80))
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         # 600/minute per address (the limiter's windows live in the shared Redis); it measures the model path.
         bases = {"torch": stack.start_gunicorn(args.web_concurrency, 1, name="gunicorn-torch", RATE_LIMIT="off"),
                  "onnx": stack.start_gunicorn(args.web_concurrency, 1, name="gunicorn-onnx",
-                                              INFERENCE_BACKEND="onnx", RATE_LIMIT="off")}
+                                              INFERENCE_BACKEND="onnx", RATE_LIMIT="off"),
+                 "onnx-int8": stack.start_gunicorn(args.web_concurrency, 1, name="gunicorn-onnx-int8",
+                                                   INFERENCE_BACKEND="onnx-int8", RATE_LIMIT="off")}
         enrolled = enroll(bases["torch"], gallery)
         with requests.Session() as s:
             for r in common.progress(range(args.rounds + 1), "rounds (the first one warms up)"):

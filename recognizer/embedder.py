@@ -8,6 +8,7 @@ from torch import nn
 from ._torchvision_shim import import_facenet_pytorch
 from .artifact import ModelArtifact, content_hash
 from .errors import ModelArtifactError
+from .int8 import Int8Quantization
 from .preprocess import AlignmentRecipe, to_tensor
 
 
@@ -26,18 +27,25 @@ def embed_tensor(model: nn.Module, batch: torch.Tensor, flip_average: bool) -> t
     return torch.nn.functional.normalize(out.float(), dim=1)
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 class Embedder:
     """Loads the network once; ``embed`` maps input-size face crops to unit vectors."""
 
     def __init__(self, artifact: ModelArtifact, device: str = "cpu", batch_size: int = 64,
-                 flip_average: bool | None = None, backend: str = "torch") -> None:
-        """``backend``: ``"torch"`` (eager PyTorch) or ``"onnx"`` (the same weights under ONNX
-        Runtime on the CPU, see :mod:`recognizer.onnx_runtime`)."""
+                 flip_average: bool | None = None, backend: str = "torch",
+                 int8: Int8Quantization | None = None) -> None:
+        """``backend``: ``"torch"`` (eager PyTorch), ``"onnx"`` (the same weights under ONNX
+        Runtime on the CPU, see :mod:`recognizer.onnx_runtime`) or ``"onnx-int8"`` (its int8
+        graph, made from ``int8``, the model's kept parameters: :mod:`recognizer.int8`)."""
         if backend not in BACKENDS:
             raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "onnx-int8" and int8 is None:
+            raise ModelArtifactError("the onnx-int8 backend needs the model's int8 parameters (<model>.int8.json); "
+                                     "make them with `python -m trainer calibrate-int8`")
+        if int8 is not None and artifact.version and int8.model_version != artifact.version:
+            raise ModelArtifactError(f"int8 parameters for model {int8.model_version}, not {artifact.version}")
         self.recipe: AlignmentRecipe = artifact.recipe
         self.dim = artifact.embedding_size
         self.batch_size = batch_size
@@ -51,14 +59,15 @@ class Embedder:
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.backend = backend
         self._onnx = None
-        if backend == "onnx":
+        if backend in ("onnx", "onnx-int8"):
             from .onnx_runtime import OnnxNetwork
 
             example = torch.zeros(2, 3, *self.recipe.input_size)
             # the graph cache is keyed by version; a model not yet saved has none, so hash its weights
             # (an empty key would hand every unsaved model the first one's graph)
             version = artifact.version or content_hash(artifact.metadata(), artifact.state_dict)
-            self._onnx = OnnxNetwork(self.model, f"embedder-{version}", example, torch.get_num_threads())
+            self._onnx = OnnxNetwork(self.model, f"embedder-{version}", example, torch.get_num_threads(),
+                                     int8 if backend == "onnx-int8" else None)
 
     @torch.inference_mode()
     def embed(self, crops: np.ndarray) -> np.ndarray:

@@ -14,12 +14,16 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .int8 import Int8Quantization
 
 
 def cache_dir() -> Path:
@@ -47,7 +51,9 @@ class OnnxNetwork:
     them); the torch version is added because it made the graph.
     """
 
-    def __init__(self, model: nn.Module, key: str, example: torch.Tensor, threads: int) -> None:
+    def __init__(self, model: nn.Module, key: str, example: torch.Tensor, threads: int,
+                 int8: "Int8Quantization | None" = None) -> None:
+        """``int8``: run the int8 graph made from these kept parameters instead (:mod:`recognizer.int8`)."""
         import onnxruntime as ort
 
         path = cache_dir() / f"{key}-torch{torch.__version__.split('+')[0]}.onnx"
@@ -58,6 +64,17 @@ class OnnxNetwork:
                 graph = export_onnx(model, example)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, graph)
+        if int8 is not None:
+            from .int8 import build_int8_graph, library_versions
+
+            versions = library_versions()
+            fp32_path, path = path, path.with_name(f"{key}-int8-{int8.fingerprint()}-torch{versions['torch']}-"
+                                                   f"ort{versions['onnxruntime']}.onnx")
+            if path.is_file():
+                graph = path.read_bytes()
+            else:
+                graph = build_int8_graph(fp32_path, int8, tuple(example.shape[1:]))
+                atomic_write_bytes(path, graph)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1

@@ -10,7 +10,10 @@ import torch
 from .artifact import ModelArtifact, default_model_path
 from .detector import DetectedFace, FaceDetector
 from .embedder import Embedder
+from .errors import ModelArtifactError
 from .images import ImageSource, load_image
+from .int8 import REMAKE as INT8_REMAKE
+from .int8 import find_quantization, quantization_path
 from .preprocess import FRAME_SIZE, align_face, align_frame, crop_aligned_frame, frame_to_input, resize_to_input
 from .score_norm import find_calibration
 from .stranger import find_curve
@@ -53,9 +56,18 @@ class Recognizer:
         self.dim = self.artifact.embedding_size
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
+        # int8 is the embedding network's alone: MTCNN's R/O-Nets stay fp32 under ONNX Runtime
         self.detector = FaceDetector(min_face_size=min_face_size, min_probability=min_probability, device=device,
-                                     max_side=detect_max_side, backend=backend)
-        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average, backend=backend)
+                                     max_side=detect_max_side, backend="onnx" if backend == "onnx-int8" else backend)
+        int8 = None
+        if backend == "onnx-int8":
+            int8 = None if isinstance(model, ModelArtifact) else find_quantization(model, self.version)
+            if int8 is None:
+                where = "a model given as an object" if isinstance(model, ModelArtifact) else quantization_path(model)
+                raise ModelArtifactError(f"the onnx-int8 backend needs this model's int8 parameters, and there are "
+                                         f"none for {self.version} ({where}); {INT8_REMAKE}")
+        self.int8 = int8
+        self.embedder = Embedder(self.artifact, device=device, flip_average=flip_average, backend=backend, int8=int8)
 
     def load(self, source: ImageSource) -> np.ndarray:
         """Decode with this recognizer's size limits."""

@@ -38,7 +38,9 @@ class ServiceConfig:
     min_face_size: int = 20  # detector: smaller faces are not even looked for
     detect_max_side: int = 1600  # larger photos are searched for faces on a copy this size (0: full size)
     min_detection_probability: float = 0.9
-    inference_backend: str = "torch"  # "onnx": embedding network + MTCNN's R/O-Nets under ONNX Runtime
+    # "onnx": embedding network + MTCNN's R/O-Nets under ONNX Runtime; "onnx-int8": the same with the
+    # embedding network in int8, from the parameters beside the model (recognizer/int8.py)
+    inference_backend: str = "torch"
     # AS-norm (index/cohort.py): "opt_in" lets a request ask for it (score_norm=on), "default" uses
     # it unless a request says off, "off" never. It needs the model's calibration file and a gallery
     # of at least its cohort size (400 people). Opt-in because the registered test failed with a
@@ -167,8 +169,8 @@ def _check(c: ServiceConfig) -> None:
             raise ConfigError(f"setting {name.upper()} must be positive, got {getattr(c, name)}")
     if c.detect_max_side < 0 or 0 < c.detect_max_side < 4 * c.min_face_size:
         raise ConfigError(f"DETECT_MAX_SIDE must be 0 (off) or at least 4 x MIN_FACE_SIZE, got {c.detect_max_side}")
-    if c.inference_backend not in ("torch", "onnx"):
-        raise ConfigError(f"INFERENCE_BACKEND must be 'torch' or 'onnx', got {c.inference_backend!r}")
+    if c.inference_backend not in ("torch", "onnx", "onnx-int8"):
+        raise ConfigError(f"INFERENCE_BACKEND must be 'torch', 'onnx' or 'onnx-int8', got {c.inference_backend!r}")
     if c.score_norm not in ("opt_in", "default", "off"):
         raise ConfigError(f"SCORE_NORM must be 'opt_in', 'default' or 'off', got {c.score_norm!r}")
     if not 0.0 <= c.stranger_rate < 1.0:

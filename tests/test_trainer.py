@@ -309,6 +309,10 @@ def test_release_writes_a_half_size_model_its_card_and_refuses_nothing_it_should
     # the stranger curve needs faces of at least 2 held-out people: skipped here, saying why, and not written
     assert "with a face found: too few to pair strangers" in report["strangers"]["skipped"]
     assert "Strangers against a gallery" in card and not (tmp_path / "models" / "facerec.strangers.json").exists()
+    # the int8 parameters: written beside the release when int8 meets its bars, else skipped, saying which
+    int8, kept = report["int8"], (tmp_path / "models" / "facerec.int8.json").exists()
+    assert kept == ("skipped" not in int8) and (kept or "not close enough" in int8["skipped"])
+    assert "The embedding network in int8" in card
 
 
 def test_the_cards_stranger_sentence():
@@ -319,6 +323,15 @@ def test_the_cards_stranger_sentence():
                            "threshold_for_0.01": dict(zip(sizes, (0.5, 0.59, 0.64, 0.7)))})
     assert "0.100 among 50" in note and "0.700 for 1000" in note and note.endswith("(`facerec.strangers.json`: made up).")
     assert strangers_note(None).startswith("not measured")
+
+
+def test_the_cards_int8_sentence():
+    from trainer.release import int8_note
+
+    note = int8_note({"source": "min/max over 128 crops", "held_out_images": 3013, "min_cosine": 0.99536,
+                      "fp32": {"tar@far=0.001": 0.7505, "top1": 0.9490}, "int8": {"tar@far=0.001": 0.7514, "top1": 0.9485}})
+    assert "cosine >= 0.9954 to fp32" in note and "0.751 (fp32 0.750)" in note and "0.949 (fp32 0.949)" in note
+    assert int8_note({"skipped": "int8 is not close enough"}) == "not offered (int8 is not close enough)."
 
 
 # ---- distillation from a teacher ------------------------------------------------------------------

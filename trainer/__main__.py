@@ -134,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     strangers.add_argument("--cache", default=".cache")
     strangers.add_argument("--threads", type=int, default=None)
 
+    q8 = sub.add_parser("calibrate-int8", help="the model's int8 parameters for INFERENCE_BACKEND=onnx-int8, measured "
+                                               "on training images, checked on held-out people (written beside the model)")
+    q8.add_argument("--model", required=True)
+    q8.add_argument("--celeba1k", required=True, help="the training set: ranges from its training split, the "
+                                                      "check on its held-out people")
+    q8.add_argument("--out", default=None, help="default: <model stem>.int8.json beside the model")
+    q8.add_argument("--images", type=int, default=None, help="training crops to measure on, with mirrors (default 128)")
+    q8.add_argument("--celeba-ir", default=None, help="also report celeba_ir TPRs both ways (a measurement only)")
+    q8.add_argument("--cache", default=".cache")
+    q8.add_argument("--threads", type=int, default=None)
+
     ev = sub.add_parser("evaluate", help="measure a model on standard protocols")
     ev.add_argument("--model", required=True)
     ev.add_argument("--lfw", default=None, help="LFW image root: DIR/<Name>/<Name>_0001.jpg")
@@ -256,6 +267,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m trainer calibrate-strangers: {exc}", file=sys.stderr)
             return 2
         print(json.dumps({"source": curve.source, "pairs": curve.pairs, "report": report}, indent=1))
+        return 0
+    if args.command == "calibrate-int8":
+        from pathlib import Path
+
+        from . import int8_calibration
+
+        try:
+            quantization, report = int8_calibration.calibrate_model(
+                Path(args.model), Path(args.celeba1k), args.cache or None, Path(args.out) if args.out else None,
+                args.images or int8_calibration.CALIBRATION_IMAGES, Path(args.celeba_ir) if args.celeba_ir else None)
+        except ValueError as exc:
+            print(f"python -m trainer calibrate-int8: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"activations": len(quantization.activations), "versions": quantization.versions,
+                          "report": report}, indent=1))
         return 0
     if args.command == "bundle":
         from . import bundle

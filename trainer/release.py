@@ -291,6 +291,14 @@ def release(model: Path, out_dir: Path, celeba_ir: Path, celeba1k: Path | None, 
                 "threshold_for_0.01": {str(n): curve.threshold_for(0.01, n) for n in STRANGER_GALLERIES}}
         except ValueError as exc:
             report["strangers"] = {"skipped": str(exc)}
+        from .int8_calibration import calibrate_model as calibrate_int8
+
+        try:  # the int8 parameters, written beside the release (INFERENCE_BACKEND=onnx-int8 rests on them)
+            kept, int8 = calibrate_int8(out_dir / RELEASE_NAME, celeba1k, cache_dir)
+            report["int8"] = {"source": kept.source, **{k: int8[k] for k in ("fp32", "int8", "min_cosine",
+                                                                             "held_out_images")}}
+        except ValueError as exc:  # int8 not close enough to fp32: the backend is not offered for this model
+            report["int8"] = {"skipped": str(exc)}
     atomic_write_bytes(out_dir / "card.json", (json.dumps(report, indent=1, default=float) + "\n").encode())
     atomic_write_bytes(out_dir / "README.md", render_card(report).encode())
     return report
@@ -407,6 +415,16 @@ def score_norm_note(norm: dict | None) -> str:
 STRANGER_GALLERIES = (10, 50, 250, 1000)  # enrolled people the card gives the stranger rate for
 
 
+def int8_note(int8: dict | None) -> str:
+    """The card's sentence on the int8 embedding network (INFERENCE_BACKEND=onnx-int8)."""
+    if not int8 or "skipped" in int8:
+        return f"not offered ({(int8 or {}).get('skipped', 'no celeba1k split')})."
+    return (f"`facerec.int8.json` ({int8['source']}). On the {int8['held_out_images']} held-out images the int8 "
+            f"embedding is at cosine >= {int8['min_cosine']:.4f} to fp32; open TAR at FAR 1e-3 "
+            f"{int8['int8']['tar@far=0.001']:.3f} (fp32 {int8['fp32']['tar@far=0.001']:.3f}), closed top-1 with "
+            f"5 gallery images a person {int8['int8']['top1']:.3f} (fp32 {int8['fp32']['top1']:.3f}).")
+
+
 def strangers_note(strangers: dict | None) -> str:
     """The card's sentence on the stranger curve written beside the release."""
     if not strangers or "skipped" in strangers:
@@ -461,6 +479,7 @@ def render_card(report: dict) -> str:
         "service_view": service_view_note(split.get("service_view")),
         "score_norm": score_norm_note(report.get("score_norm")),
         "strangers": strangers_note(report.get("strangers")),
+        "int8": int8_note(report.get("int8")),
         "conditions": "\n".join(f"| {name} | {_pct(row['tpr@fpr=0.01'])} | {_pct(row['tpr_at_threshold'])} | "
                                 f"{row['fpr_at_threshold']:.4f} |" for name, row in report["conditions"].items()),
     }

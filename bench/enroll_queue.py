@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                            "backend": args.backend}
     with Stack(model, keep_logs=args.keep_logs) as stack:
         stack.start_redis()
-        base = stack.start_gunicorn(1, 1)  # one web process: it only parks uploads and enqueues
+        # one web process: it only parks uploads and enqueues. RATE_LIMIT off: the client polls its
+        # jobs every 50 ms, over the default 600 requests a minute per address (seen: a 429 mid-run)
+        base = stack.start_gunicorn(1, 1, RATE_LIMIT="off")
         rec = build_recognizer(cfg)  # as the workers build it
         res["model"] = in_process(rec, data, args.batch, cfg.min_enroll_face_size)
         res["model_version"] = rec.version

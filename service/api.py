@@ -409,6 +409,7 @@ def health() -> Any:
     svc = current_service()
     body: dict[str, Any] = {"model_version": svc.recognizer.version, "pid": os.getpid(),
                             "model_threshold": round(svc.recognizer.threshold, 6),
+                            "inference_backend": svc.config.inference_backend,
                             "auth": "open" if svc.config.open_mode else "api_keys"}
     try:
         for cache in svc.caches.values():  # keeps the caches of an upgrade's other model warm

@@ -280,6 +280,8 @@ def build_openapi(model_version: str | None = None) -> dict[str, Any]:
                 "summary": {"type": "object", "additionalProperties": {"type": "integer"}}}},
             "Health": {"type": "object", "required": ["status"], "properties": {
                 "status": {"enum": ["ok", "degraded"]}, "model_version": {"type": "string"},
+                "inference_backend": {"enum": ["torch", "onnx", "onnx-int8"],
+                                      "description": "INFERENCE_BACKEND: how this process runs the networks"},
                 "gallery": {"type": "object"}, "redis": {"type": "object"},
                 "models": {"type": "object", "description": "loaded: this process's models; answering: the one "
                            "this request used; serving: the version Redis names (null before any upgrade); "

@@ -218,6 +218,7 @@ def test_service_on_int8_identifies_both_partners(redis_server, redis_db, shippe
     app = create_app({"REDIS_URL": redis_server.url, "MODEL_PATH": str(SHIPPED_MODEL), "TESTING": True,
                       "RATE_LIMIT": "off", "INFERENCE_BACKEND": "onnx-int8"})
     client = app.test_client()
+    assert client.get("/health").json["inference_backend"] == "onnx-int8"  # what an operator checks
     photo = (face_data() / "photos" / "couple.jpg").read_bytes()
     faces = client.post("/v1/identify", json={"image": b64(photo)}).json["faces"]
     assert len(faces) == 2

@@ -11,11 +11,12 @@ open TAR at FAR 1e-3 no more than :data:`MAX_TAR_DROP` below fp32's.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from recognizer import Recognizer
+from recognizer.artifact import ModelArtifact
 from recognizer.embedder import Embedder
 from recognizer.int8 import Int8Quantization, calibrate, library_versions, quantization_path
 from recognizer.preprocess import resize_to_input, to_tensor
@@ -74,8 +75,8 @@ def calibrate_model(model_path: Path, celeba1k: Path, cache_dir: str | None, out
     """Measure, check and (if the check passes) write the model's int8 parameters. Raises
     ValueError, naming the failed bar, without writing anything when int8 is not close enough."""
     start = time.time()
-    rec = Recognizer(model_path, backend="onnx")
-    artifact, fp32 = rec.artifact, rec.embedder
+    artifact = ModelArtifact.load(model_path)
+    fp32 = Embedder(artifact, backend="onnx")  # the embedding network alone: no detector is needed here
     config = artifact.training.get("config")
     if not config:
         raise ValueError("the model carries no training config: its training split is unknown")
@@ -109,8 +110,6 @@ def calibrate_model(model_path: Path, celeba1k: Path, cache_dir: str | None, out
     failed = failed_bars(report, min_cosine, max_tar_drop)
     if failed:
         raise ValueError(f"int8 is not close enough to fp32 to keep: {failed}; nothing written. Figures: {report}")
-    quantization = Int8Quantization(quantization.model_version, quantization.activations, quantization.versions,
-                                    quantization.images, quantization.source,
-                                    {k: report[k] for k in ("fp32", "int8", "min_cosine", "held_out_images")})
+    quantization = replace(quantization, checks={k: report[k] for k in ("fp32", "int8", "min_cosine", "held_out_images")})
     quantization.save(out or quantization_path(model_path))
     return quantization, report
